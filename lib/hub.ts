@@ -1,0 +1,227 @@
+import type { Socket } from 'node:net'
+import * as ws from 'ws'
+import { WebSocket } from 'ws'
+import type { History } from './broker.js'
+import { compareIds, type BrokerEvent } from './event.js'
+import type { Stats } from './metrics.js'
+
+/** Close codes, in one place (RFC 6455 §7.4.1 and the IANA registry). */
+export const CloseCode = {
+  GOING_AWAY: 1001,
+  POLICY: 1008,
+  TOO_BIG: 1009,
+  SERVER_ERROR: 1011,
+  RESTART: 1012,
+  TRY_AGAIN_LATER: 1013
+} as const
+
+export interface HubOptions {
+  /** Bytes a client may have waiting to be written before it is cut off as a slow consumer. */
+  maxBufferedBytes: number
+  /** Ping interval; a client that has not answered the previous ping is terminated. 0: off. */
+  heartbeatMs: number
+  stats: Stats
+}
+
+/** One connected socket, as the hub sees it. */
+export class Client {
+  /** Live events held back while this client's replay is read from history. */
+  held: BrokerEvent[] | undefined
+  heldBytes = 0
+  alive = true
+  lastId: string | undefined
+  readonly raw: Socket
+
+  constructor (readonly ws: WebSocket, readonly control: boolean) {
+    // The TCP socket under ws. The hub writes pre-framed bytes to it directly; that is only sound
+    // because permessage-deflate is off for these routes and nothing sends Blobs, the two cases
+    // in which ws queues frames itself (ws/lib/sender.js, `_state`).
+    this.raw = (ws as unknown as { _socket: Socket })._socket
+  }
+
+  get open (): boolean { return this.ws.readyState === WebSocket.OPEN }
+}
+
+// ws's own framing (ws/lib/sender.js); @types/ws does not declare it.
+const { Sender } = ws as unknown as {
+  Sender: { frame (data: Buffer, options: { fin: boolean, opcode: number, mask: boolean, readOnly: boolean, rsv1: boolean }): Buffer[] }
+}
+
+/** A server-to-client text frame: built once, written as is to any number of sockets. */
+export function textFrame (data: Buffer | string): Buffer {
+  const payload = typeof data === 'string' ? Buffer.from(data) : data
+  const parts = Sender.frame(payload, { fin: true, opcode: 1, mask: false, readOnly: true, rsv1: false })
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+}
+
+/**
+ * Every connected client of this replica, and the broadcast path: each event is framed once and
+ * the same bytes are written to every open socket. Writes of one event-loop turn are corked and
+ * leave in one syscall per socket.
+ */
+export class Hub {
+  /** Every connection, for heartbeat, drain and capacity. */
+  readonly clients = new Set<Client>()
+  /** The connections that receive broadcast events. */
+  readonly #subscribers = new Set<Client>()
+  #corked: Socket[] = []
+  #heartbeat: NodeJS.Timeout | undefined
+  #options: HubOptions
+
+  constructor (options: HubOptions) {
+    this.#options = options
+    if (options.heartbeatMs > 0) {
+      this.#heartbeat = setInterval(() => this.#ping(), options.heartbeatMs)
+      this.#heartbeat.unref()
+    }
+  }
+
+  get size (): number { return this.clients.size }
+
+  /** Tracks a connection; with `subscribe`, it receives every broadcast event. */
+  add (ws: WebSocket, control: boolean, subscribe = true): Client {
+    const client = new Client(ws, control)
+    this.clients.add(client)
+    if (subscribe) this.#subscribers.add(client)
+    ws.on('pong', () => { client.alive = true })
+    ws.once('close', () => {
+      this.clients.delete(client)
+      this.#subscribers.delete(client)
+    })
+    return client
+  }
+
+  /** The broker's listener: one event, every client. */
+  deliver (event: BrokerEvent): void {
+    const stats = this.#options.stats
+    stats.eventsIn++
+    const frame = textFrame(event.data)
+    let delivered = 0
+    for (const client of this.#subscribers) {
+      if (client.held) {
+        client.held.push(event)
+        client.heldBytes += frame.length
+        if (client.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
+      } else if (this.#write(client, frame)) {
+        delivered++
+      }
+    }
+    stats.deliveries += delivered
+  }
+
+  /**
+   * Replays history to a client that resumes after `since`, with no gap and no duplicate: live
+   * events are held from the moment it joined (before the history read began), the history is
+   * written, then the held events follow, skipping any the history already covered.
+   */
+  async resume (client: Client, since: string, read: (since: string) => Promise<History>): Promise<{ replayed: number, lost: boolean }> {
+    client.held = []
+    client.lastId = since
+    let history: History
+    try {
+      history = await read(since)
+    } catch (err) {
+      client.held = undefined
+      client.ws.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
+      throw err
+    }
+    for (const event of history.events) this.#writeEvent(client, event)
+    const held = client.held ?? []
+    client.held = undefined
+    client.heldBytes = 0
+    const replayed = history.events.length
+    this.#options.stats.replayed += replayed
+    if (client.control) this.sendJson(client, { type: 'resume', since, replayed, lost: history.lost })
+    for (const event of held) this.#writeEvent(client, event)
+    return { replayed, lost: history.lost }
+  }
+
+  #writeEvent (client: Client, event: BrokerEvent): void {
+    if (client.lastId !== undefined && compareIds(event.id, client.lastId) <= 0) return
+    if (this.#write(client, textFrame(event.data))) {
+      client.lastId = event.id
+      this.#options.stats.deliveries++
+    }
+  }
+
+  /** A message for one client only (control messages, /ask answers), in order with events. */
+  send (client: Client, data: string | Buffer): boolean {
+    return this.#write(client, textFrame(data))
+  }
+
+  sendJson (client: Client, message: Record<string, unknown>): boolean {
+    return this.send(client, JSON.stringify(message))
+  }
+
+  #write (client: Client, frame: Buffer): boolean {
+    if (!client.open) return false
+    const raw = client.raw
+    if (raw.writableLength + frame.length > this.#options.maxBufferedBytes) {
+      this.#cutOff(client)
+      return false
+    }
+    if (!raw.writableCorked) {
+      raw.cork()
+      if (this.#corked.push(raw) === 1) process.nextTick(() => this.#uncorkAll())
+    }
+    raw.write(frame)
+    return true
+  }
+
+  #uncorkAll (): void {
+    const corked = this.#corked
+    this.#corked = []
+    for (const raw of corked) raw.uncork()
+  }
+
+  /**
+   * A client that does not read what it is sent would hold an ever-growing buffer. It gets a
+   * close frame (1013), and its socket is destroyed at once: a peer that does not read will not
+   * read the close frame either, and only destroying it frees the buffer.
+   */
+  #cutOff (client: Client): void {
+    if (!client.open) return
+    this.#options.stats.slowConsumerDrops++
+    client.held = undefined
+    client.ws.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
+    client.ws.terminate()
+  }
+
+  #ping (): void {
+    for (const client of this.clients) {
+      if (!client.open) continue
+      if (!client.alive) {
+        this.#options.stats.heartbeatTimeouts++
+        client.ws.terminate()
+        continue
+      }
+      client.alive = false
+      client.ws.ping()
+    }
+  }
+
+  /**
+   * Closes every client with `code`, spread evenly over `windowMs` so their reconnects do not
+   * arrive at the other replicas all at once; whoever is still there at the end is terminated.
+   */
+  async drain (code: number, reason: string, windowMs: number): Promise<void> {
+    clearInterval(this.#heartbeat)
+    const clients = [...this.clients]
+    if (clients.length === 0) return
+    const step = windowMs / clients.length
+    const closed = clients.map((client, i) => new Promise<void>((resolve) => {
+      if (client.ws.readyState === WebSocket.CLOSED) return resolve()
+      client.ws.once('close', () => resolve())
+      const timer = setTimeout(() => client.ws.close(code, reason), Math.floor(i * step))
+      client.ws.once('close', () => clearTimeout(timer))
+    }))
+    const deadline = new Promise<void>((resolve) => setTimeout(resolve, windowMs + 1000).unref())
+    await Promise.race([Promise.all(closed), deadline])
+    for (const client of this.clients) client.ws.terminate()
+  }
+
+  close (): void {
+    clearInterval(this.#heartbeat)
+    for (const client of this.clients) client.ws.terminate()
+  }
+}

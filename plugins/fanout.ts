@@ -1,0 +1,77 @@
+import fp from 'fastify-plugin'
+import type { Broker } from '../lib/broker.js'
+import type { EventBody } from '../lib/event.js'
+import { Hub, CloseCode } from '../lib/hub.js'
+import { TokenBucket } from '../lib/limits.js'
+import { MemoryBroker } from '../lib/memory-broker.js'
+import { Stats } from '../lib/metrics.js'
+import type { ResolvedOptions } from '../lib/options.js'
+import { RedisBroker } from '../lib/redis-broker.js'
+import { UploadStore } from '../lib/uploads.js'
+
+/** What the plugin adds to a Fastify instance as `fastify.fanout`. */
+export interface Fanout {
+  /** Sends an event to every client of every replica; resolves to its id. */
+  publish (body: EventBody): Promise<string>
+  /** Live numbers: connections, counters, broker state. */
+  snapshot (): Record<string, number | string>
+  readonly broker: Broker
+  readonly hub: Hub
+  readonly stats: Stats
+  readonly uploads: UploadStore
+  readonly options: ResolvedOptions
+  /** Admits one text log line; false once the replica-wide log rate is spent. */
+  admitTextLog (): boolean
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    fanout: Fanout
+  }
+}
+
+/** The core: broker, hub and upload store, wired together, each closed in its own hook. */
+export default fp<ResolvedOptions>(async (fastify, options) => {
+  const stats = new Stats()
+  const ownsBroker = !options.broker
+  const broker = options.broker ?? (options.redisUrl
+    ? new RedisBroker({
+      url: options.redisUrl,
+      prefix: options.redisPrefix,
+      historySize: options.historySize,
+      outboxSize: options.outboxSize,
+      canaryIntervalMs: options.canaryIntervalMs,
+      log: (level, fields, msg) => fastify.log[level](fields, msg)
+    })
+    : new MemoryBroker(options.historySize))
+  const hub = new Hub({ maxBufferedBytes: options.maxBufferedBytes, heartbeatMs: options.heartbeatMs, stats })
+  const uploads = new UploadStore({ dir: options.uploadDir, minFreeBytes: options.uploadMinFreeBytes })
+  const textLog = new TokenBucket(options.textLogPerSec, options.textLogPerSec)
+
+  fastify.addHook('onClose', async () => {
+    hub.close()
+    if (ownsBroker) await broker.close()
+    stats.close()
+  })
+  await uploads.init()
+  broker.onStateChange((state) => fastify.log.info({ broker: broker.kind, state }, 'broker state changed'))
+  await broker.subscribe((event) => hub.deliver(event))
+
+  fastify.decorate('fanout', {
+    publish: (body: EventBody) => broker.publish(body),
+    snapshot: () => ({
+      connections: hub.size,
+      ...stats.counters(),
+      broker: broker.state,
+      ...broker.stats()
+    }),
+    broker,
+    hub,
+    stats,
+    uploads,
+    options,
+    admitTextLog: () => textLog.take()
+  })
+}, { name: 'fanout-core', fastify: '5.x' })
+
+export { CloseCode }

@@ -1,0 +1,35 @@
+import websocket from '@fastify/websocket'
+import fp from 'fastify-plugin'
+import { CloseCode } from '../lib/hub.js'
+import type { ResolvedOptions } from '../lib/options.js'
+
+export const PROTOCOL = 'fanout.v1'
+export const TOKEN_PROTOCOL_PREFIX = 'fanout.token.'
+
+/** @fastify/websocket with the limits the routes rely on. */
+export default fp<ResolvedOptions>(async (fastify, options) => {
+  if (fastify.hasDecorator('websocketServer')) {
+    fastify.log.warn('@fastify/websocket is already registered: fastify-fanout uses its settings, not its own limits')
+    return
+  }
+  await fastify.register(websocket, {
+    options: {
+      maxPayload: options.maxUploadBytes,
+      // The hub writes pre-framed bytes straight to each socket (lib/hub.ts): compression must stay
+      // off. It also costs CPU and memory per connection and has a history of DoS bugs.
+      perMessageDeflate: false,
+      // Choose fanout.v1 when offered. A client that offers only other protocols gets none.
+      handleProtocols: (protocols) => protocols.has(PROTOCOL) ? PROTOCOL : false
+    },
+    // ws has already sent the close frame (1002, 1007, 1009) when it reports a protocol error:
+    // log it and let the close finish, rather than cutting the socket under the frame.
+    errorHandler (error, _socket, request) {
+      request.log.info({ err: { message: error.message, code: (error as NodeJS.ErrnoException).code } }, 'websocket closed on error')
+    },
+    // Closing is the hub's: 1012 spread over the drain window, then the server.
+    preClose: async function () {
+      await fastify.fanout.hub.drain(CloseCode.RESTART, 'service restart', options.drainMs)
+      await new Promise((resolve) => fastify.websocketServer.close(resolve))
+    }
+  })
+}, { name: 'fanout-websocket', dependencies: ['fanout-core'] })

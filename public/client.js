@@ -1,0 +1,115 @@
+// The demo page: live guests, reconnect with jittered exponential backoff that resumes with
+// ?since=, text to the server, uploads with their ack. Plain browser JS, no build step.
+'use strict'
+
+const PROTOCOL = 'fanout.v1'
+const MAX_GUESTS = 50
+const stateEl = document.getElementById('state')
+const guestsEl = document.getElementById('guests')
+const emptyEl = document.getElementById('empty')
+const recoveredEl = document.getElementById('recovered')
+const uploadsEl = document.getElementById('uploads')
+
+let socket
+let lastId
+let attempt = 0
+const pendingUploads = []
+
+function setState (name, text) {
+  stateEl.className = `state ${name}`
+  stateEl.textContent = text
+}
+
+function connect () {
+  const url = new URL('/guest', location.href)
+  url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:'
+  if (lastId) url.searchParams.set('since', lastId)
+  socket = new WebSocket(url, [PROTOCOL])
+  socket.binaryType = 'arraybuffer'
+  socket.onopen = () => {
+    attempt = 0
+    setState('open', 'connected')
+  }
+  socket.onmessage = (message) => {
+    const data = JSON.parse(message.data)
+    if (data.type === 'guest') showGuest(data)
+    else if (data.type === 'resume') showResume(data)
+    else if (data.type === 'ack') settleUpload(data, true)
+    else if (data.type === 'error') settleUpload(data, false)
+  }
+  socket.onclose = (event) => {
+    // Full jitter: a replica's clients, cut at once, do not all come back at once.
+    const delay = Math.random() * Math.min(30000, 500 * 2 ** attempt++)
+    setState('reconnecting', `disconnected (${event.code}), retrying in ${(delay / 1000).toFixed(1)} s`)
+    for (const item of pendingUploads.splice(0)) item.el.textContent = `${item.name}: connection lost before the ack`
+    setTimeout(connect, delay)
+  }
+}
+
+function showGuest (event) {
+  lastId = event.id
+  emptyEl.hidden = true
+  const li = document.createElement('li')
+  const name = document.createElement('span')
+  name.className = 'guest'
+  name.textContent = event.guest
+  const time = document.createElement('span')
+  time.className = 'time'
+  time.textContent = event.time
+  li.append(name, time)
+  li.dataset.id = event.id
+  guestsEl.prepend(li)
+  while (guestsEl.children.length > MAX_GUESTS) guestsEl.lastElementChild.remove()
+}
+
+function showResume ({ replayed, lost }) {
+  recoveredEl.hidden = false
+  recoveredEl.textContent = lost
+    ? `Reconnected: recovered ${replayed} events; some older ones were no longer in the history.`
+    : `Reconnected: recovered ${replayed} missed event${replayed === 1 ? '' : 's'}.`
+}
+
+function upload (file) {
+  if (!file) return
+  const li = document.createElement('li')
+  li.textContent = `${file.name}: uploading ${file.size} bytes…`
+  uploadsEl.prepend(li)
+  if (!socket || socket.readyState !== WebSocket.OPEN) {
+    li.textContent = `${file.name}: not connected`
+    return
+  }
+  pendingUploads.push({ name: file.name, el: li })
+  socket.send(file)
+}
+
+function settleUpload (message, ok) {
+  const item = pendingUploads.shift()
+  if (!item) return
+  if (ok) {
+    item.el.textContent = `${item.name} saved as ${message.id} (${message.bytes} bytes, sha256 ${message.sha256.slice(0, 12)}…)`
+  } else {
+    item.el.className = 'error'
+    item.el.textContent = `${item.name} refused: ${message.message}`
+  }
+}
+
+document.getElementById('say').addEventListener('submit', (e) => {
+  e.preventDefault()
+  const input = document.getElementById('text')
+  if (input.value && socket?.readyState === WebSocket.OPEN) socket.send(input.value)
+  input.value = ''
+})
+document.getElementById('file').addEventListener('change', (e) => {
+  upload(e.target.files[0])
+  e.target.value = ''
+})
+const drop = document.getElementById('drop')
+drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over') })
+drop.addEventListener('dragleave', () => drop.classList.remove('over'))
+drop.addEventListener('drop', (e) => {
+  e.preventDefault()
+  drop.classList.remove('over')
+  upload(e.dataTransfer.files[0])
+})
+
+connect()

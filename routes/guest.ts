@@ -1,0 +1,96 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { RawData, WebSocket } from 'ws'
+import { CloseCode, type Client } from '../lib/hub.js'
+import { InboundLimiter } from '../lib/limits.js'
+import { UploadError } from '../lib/uploads.js'
+import { PROTOCOL } from '../plugins/websocket.js'
+import { admitUpgrade, presentedToken } from './admission.js'
+
+const TEXT_PREVIEW = 200
+
+/** The seed's Node server: every event to every client; text is logged, binary is saved. */
+export default async function guestRoutes (fastify: FastifyInstance): Promise<void> {
+  const { hub, broker, options } = fastify.fanout
+
+  fastify.get<{ Querystring: { since?: string } }>(options.guestPath, {
+    websocket: true,
+    onRequest: admitUpgrade,
+    schema: {
+      querystring: {
+        type: 'object',
+        properties: { since: { type: 'string', pattern: '^\\d{1,16}-\\d{1,16}$' } }
+      }
+    }
+  }, (socket, request) => {
+    const client = hub.add(socket, socket.protocol === PROTOCOL)
+    // Listeners first, before anything async, or early messages are lost.
+    onInbound(fastify, socket, request, (data, isBinary) => {
+      if (isBinary) saveUpload(fastify, client, request, data)
+      else logText(fastify, request, data)
+    })
+    const since = request.query.since
+    if (since !== undefined) {
+      hub.resume(client, since, (id) => broker.history(id)).then(
+        ({ replayed, lost }) => request.log.info({ since, replayed, lost }, 'resumed'),
+        (err: Error) => request.log.warn({ since, err: err.message }, 'resume failed: history unavailable'))
+    }
+  })
+}
+
+/**
+ * Inbound messages with the per-connection rate limit applied: a client over it is closed with
+ * 1008, and nothing it sent after that is handled.
+ */
+export function onInbound (fastify: FastifyInstance, socket: WebSocket, request: FastifyRequest, handle: (data: Buffer, isBinary: boolean) => void): void {
+  const { options, stats } = fastify.fanout
+  const limiter = new InboundLimiter(options.rateMessagesPerSec, options.rateBytesPerSec, options.maxUploadBytes)
+  socket.on('message', (raw: RawData, isBinary: boolean) => {
+    if (socket.readyState !== socket.OPEN) return
+    const data = raw as Buffer // binaryType is nodebuffer: fragments arrive joined
+    if (!limiter.admit(data.length)) {
+      stats.rateLimited++
+      request.log.warn({ bytes: data.length }, 'websocket closed: inbound rate limit exceeded')
+      socket.close(CloseCode.POLICY, 'rate limit exceeded')
+      return
+    }
+    handle(data, isBinary)
+  })
+}
+
+export function logText (fastify: FastifyInstance, request: FastifyRequest, data: Buffer): void {
+  const { stats } = fastify.fanout
+  stats.textMessages++
+  if (!fastify.fanout.admitTextLog()) {
+    stats.textLogSuppressed++
+    return
+  }
+  const text = data.toString()
+  const preview = text.length > TEXT_PREVIEW ? `${text.slice(0, TEXT_PREVIEW)}…` : text
+  request.log.info({ bytes: data.length }, 'received: %s', preview)
+}
+
+// One upload at a time per client, so acks come back in the order the files were sent.
+const uploadQueues = new WeakMap<Client, Promise<void>>()
+
+function saveUpload (fastify: FastifyInstance, client: Client, request: FastifyRequest, data: Buffer): void {
+  const { hub, stats, uploads, options } = fastify.fanout
+  const authorized = presentedToken(request, options.uploadToken)
+  const previous = uploadQueues.get(client) ?? Promise.resolve()
+  const next = previous.then(async () => {
+    try {
+      if (!authorized) throw new UploadError('unauthorized', 'uploads need the upload token')
+      const saved = await uploads.save(data)
+      stats.uploads++
+      stats.uploadBytes += saved.bytes
+      request.log.info(saved, 'upload saved')
+      if (client.control) hub.sendJson(client, { type: 'ack', id: saved.name, ...saved })
+    } catch (err) {
+      stats.uploadErrors++
+      const code = err instanceof UploadError ? err.code : 'write_failed'
+      const message = err instanceof UploadError ? err.message : 'the upload could not be saved'
+      request.log.warn({ code, bytes: data.length, err: (err as Error).message }, 'upload refused')
+      if (client.control) hub.sendJson(client, { type: 'error', code, message })
+    }
+  })
+  uploadQueues.set(client, next)
+}

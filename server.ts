@@ -1,0 +1,34 @@
+import closeWithGrace from 'close-with-grace'
+import Fastify from 'fastify'
+import fanout from './app.js'
+import { loadEnv, optionsFromEnv, type Env } from './lib/config.js'
+import { fail } from './lib/fail.js'
+
+let env: Env
+try {
+  env = loadEnv()
+} catch (err) {
+  fail('fastify-fanout', err)
+}
+
+const app = Fastify({ logger: { level: env.LOG_LEVEL } })
+try {
+  await app.register(fanout, optionsFromEnv(env))
+  await app.ready()
+} catch (err) {
+  fail('fastify-fanout cannot start', err)
+}
+
+// SIGTERM/SIGINT: close clients with 1012 over DRAIN_MS, close Redis, exit. The delay is the
+// hard stop if that hangs; compose's stop_grace_period must exceed it.
+closeWithGrace({ delay: env.DRAIN_MS + 5000 }, async ({ signal, err }) => {
+  if (err) app.log.error({ err }, 'closing after an error')
+  else app.log.info({ signal }, 'closing')
+  await app.close()
+})
+
+try {
+  await app.listen({ port: env.PORT, host: env.HOST })
+} catch (err) {
+  fail(`fastify-fanout cannot listen on ${env.HOST}:${env.PORT}`, err)
+}
