@@ -1,3 +1,7 @@
 import neostandard from 'neostandard'
+import globals from 'globals'
 
-export default neostandard({ ts: true, ignores: ['dist/**', 'node_modules/**', '.tap/**'] })
+export default [
+  ...neostandard({ ts: true, ignores: ['dist/**', 'node_modules/**', '.tap/**'] }),
+  { files: ['public/**/*.js'], languageOptions: { globals: globals.browser, sourceType: 'script' } }
+]

@@ -1,0 +1,241 @@
+// Shared test helpers: the app built the one way tests build it, a private redis-server, spawned
+// processes, WebSocket clients that record what they get. Everything registers its own teardown.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Writable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import Fastify, { type FastifyInstance } from 'fastify'
+import { WebSocket } from 'ws'
+import fanout, { type FanoutOptions } from '../app.js'
+
+type Tap = {
+  teardown (fn: () => unknown): void
+}
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+/** A temp directory removed at teardown. */
+export function tempDir (t: Tap, prefix = 'fanout-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+export async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.unref()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** Log lines a test can read back: `logs.lines` are parsed pino records. */
+export class LogCapture extends Writable {
+  lines: Array<Record<string, unknown>> = []
+  override _write (chunk: Buffer, _enc: string, done: () => void): void {
+    for (const line of chunk.toString().split('\n')) if (line) this.lines.push(JSON.parse(line))
+    done()
+  }
+
+  find (msg: string | RegExp): Array<Record<string, unknown>> {
+    return this.lines.filter((l) => typeof l.msg === 'string' && (typeof msg === 'string' ? l.msg === msg : msg.test(l.msg)))
+  }
+}
+
+export interface TestApp {
+  app: FastifyInstance
+  port: number
+  url: string
+  ws: string
+  logs: LogCapture
+  uploadDir: string
+}
+
+/** The plugin in a fresh Fastify instance, listening on a free port; closed at teardown. */
+export async function build (t: Tap, options: FanoutOptions = {}): Promise<TestApp> {
+  const logs = new LogCapture()
+  const uploadDir = options.uploadDir ?? tempDir(t, 'fanout-uploads-')
+  const app = Fastify({ logger: { level: 'info', stream: logs } })
+  await app.register(fanout, {
+    publisher: false,
+    metricsIntervalMs: 0,
+    uploadMinFreeBytes: 0,
+    drainMs: 0,
+    ...options,
+    uploadDir
+  })
+  t.teardown(() => app.close())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  return { app, port, url: `http://127.0.0.1:${port}`, ws: `ws://127.0.0.1:${port}`, logs, uploadDir }
+}
+
+/** A WebSocket client that keeps every message and how it closed. */
+export class TestClient {
+  readonly messages: string[] = []
+  readonly binary: Buffer[] = []
+  closed: Promise<{ code: number, reason: string }>
+  readonly opened: Promise<void>
+  #waiters: Array<() => void> = []
+
+  constructor (readonly socket: WebSocket) {
+    socket.on('message', (data: Buffer, isBinary: boolean) => {
+      if (isBinary) this.binary.push(data)
+      else this.messages.push(data.toString())
+      for (const wake of this.#waiters.splice(0)) wake()
+    })
+    this.opened = new Promise((resolve, reject) => {
+      socket.once('open', () => resolve())
+      socket.once('error', reject)
+      socket.once('unexpected-response', (_req, res) => reject(new Error(`unexpected response ${res.statusCode}`)))
+    })
+    this.closed = new Promise((resolve) => socket.once('close', (code, reason) => {
+      resolve({ code, reason: reason.toString() })
+      for (const wake of this.#waiters.splice(0)) wake()
+    }))
+    socket.on('error', () => {}) // surfaced through `opened` and `closed`
+  }
+
+  /** Parsed JSON messages of one `type` ('guest' for events). */
+  json (type?: string): Array<Record<string, unknown>> {
+    const parsed = this.messages.flatMap((m) => { try { return [JSON.parse(m)] } catch { return [] } })
+    return type === undefined ? parsed : parsed.filter((m) => m.type === type)
+  }
+
+  events (): Array<{ id: string, guest: string, time: string, ts: number, type: string }> {
+    return this.json('guest') as never
+  }
+
+  /** Resolves once `predicate` holds, or rejects after `timeoutMs`. */
+  async until (predicate: (client: TestClient) => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    while (!predicate(this)) {
+      const left = deadline - Date.now()
+      if (left <= 0) throw new Error(`timed out waiting for ${what}; have ${this.messages.length} messages`)
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(left, 250))
+        this.#waiters.push(() => { clearTimeout(timer); resolve() })
+      })
+    }
+  }
+}
+
+export async function connect (t: Tap, url: string, options: { protocols?: string[], headers?: Record<string, string>, open?: boolean } = {}): Promise<TestClient> {
+  const client = new TestClient(new WebSocket(url, options.protocols ?? [], { headers: options.headers }))
+  t.teardown(() => client.socket.terminate())
+  if (options.open !== false) await client.opened
+  return client
+}
+
+/** Polls `fn` until it returns a truthy value. */
+export async function waitFor<T> (fn: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await fn()
+    if (value) return value
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(50)
+  }
+}
+
+export interface Proc {
+  child: ChildProcess
+  output: () => string
+  /** Parsed JSON log lines printed so far. */
+  logs: () => Array<Record<string, unknown>>
+  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+  kill (signal?: NodeJS.Signals): Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+}
+
+/** A process (killed at teardown) whose output is kept. */
+export function run (t: Tap, command: string, args: string[], env: Record<string, string | undefined> = {}, cwd = ROOT): Proc {
+  const child = spawn(command, args, { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  child.stdout?.on('data', (d) => { output += d })
+  child.stderr?.on('data', (d) => { output += d })
+  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })))
+  const proc: Proc = {
+    child,
+    output: () => output,
+    logs: () => output.split('\n').flatMap((l) => { try { return [JSON.parse(l)] } catch { return [] } }),
+    exited,
+    kill (signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal)
+      return exited
+    }
+  }
+  t.teardown(() => proc.kill('SIGKILL'))
+  return proc
+}
+
+/** The built server (`dist/server.js`), as `npm start` runs it, on a free port; resolves once it listens. */
+export async function startServer (t: Tap, env: Record<string, string | undefined> = {}): Promise<Proc & { port: number, url: string, ws: string }> {
+  const port = await freePort()
+  const proc = run(t, process.execPath, ['dist/server.js'], {
+    HOST: '127.0.0.1',
+    UPLOAD_DIR: tempDir(t, 'fanout-uploads-'),
+    UPLOAD_MIN_FREE_BYTES: '0',
+    METRICS_INTERVAL_MS: '0',
+    ...env,
+    PORT: String(port)
+  })
+  await waitFor(() => proc.output().includes('Server listening') || proc.child.exitCode !== null, 15_000, 'server to listen')
+  if (proc.child.exitCode !== null) throw new Error(`server exited: ${proc.output()}`)
+  return { ...proc, port, url: `http://127.0.0.1:${port}`, ws: `ws://127.0.0.1:${port}` }
+}
+
+/** The built worker (`dist/worker.js`). */
+export function startWorker (t: Tap, env: Record<string, string | undefined>): Proc {
+  return run(t, process.execPath, ['dist/worker.js'], { METRICS_INTERVAL_MS: '0', ...env })
+}
+
+export interface TestRedis {
+  port: number
+  url: string
+  dir: string
+  proc: Proc
+  /** redis-cli against this instance. */
+  cli (...args: string[]): Promise<string>
+  stop (signal?: NodeJS.Signals): Promise<void>
+  start (): Promise<void>
+}
+
+/** A private redis-server on a free port, in its own temp dir; never the machine's 6379. */
+export async function startRedis (t: Tap, options: { aof?: boolean } = {}): Promise<TestRedis> {
+  const port = await freePort()
+  const dir = tempDir(t, 'fanout-redis-')
+  const redis: TestRedis = {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    dir,
+    proc: undefined as unknown as Proc,
+    cli: (...args) => new Promise((resolve, reject) => {
+      const child = spawn('redis-cli', ['-p', String(port), ...args])
+      let out = ''
+      child.stdout.on('data', (d) => { out += d })
+      child.once('error', reject)
+      child.once('exit', () => resolve(out.trim()))
+    }),
+    async stop (signal = 'SIGKILL') {
+      await redis.proc.kill(signal)
+    },
+    async start () {
+      redis.proc = run(t, 'redis-server', [
+        '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+        '--appendonly', options.aof ? 'yes' : 'no', '--appendfsync', 'always'
+      ], {}, dir)
+      await waitFor(async () => (await redis.cli('PING')) === 'PONG', 10_000, 'redis-server to answer')
+    }
+  }
+  await redis.start()
+  return redis
+}
