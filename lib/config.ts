@@ -3,7 +3,11 @@ import envSchema from 'env-schema'
 import { DEFAULTS, type FanoutOptions } from './options.js'
 
 const Integer = (defaultValue: number, minimum = 0) => Type.Integer({ minimum, default: defaultValue })
-const OnOff = Type.Union([Type.Literal('on'), Type.Literal('off')])
+// A string enum, not a union of literals: ajv then reports one error with the allowed values,
+// instead of one per literal plus an "anyOf" line.
+const OneOf = <T extends string>(values: readonly T[], options: { default?: T } = {}) =>
+  Type.Unsafe<T>({ type: 'string', enum: values, ...options })
+const OnOff = OneOf(['on', 'off'])
 
 /** The environment, validated and typed by one schema (README, "Configuration"). */
 export const EnvSchema = Type.Object({
@@ -30,7 +34,7 @@ export const EnvSchema = Type.Object({
   RATE_MESSAGES_PER_SEC: Integer(DEFAULTS.rateMessagesPerSec, 1),
   RATE_BYTES_PER_SEC: Integer(DEFAULTS.rateBytesPerSec, 1),
   TEXT_LOG_PER_SEC: Integer(DEFAULTS.textLogPerSec),
-  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
+  LOG_LEVEL: OneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
   METRICS_INTERVAL_MS: Integer(DEFAULTS.metricsIntervalMs)
 })
 
@@ -43,6 +47,9 @@ export class ConfigError extends Error {
 
 interface AjvError { instancePath: string, message?: string, params?: Record<string, unknown> }
 
+// Values an error message must not echo: a secret, or a URL that may carry a password (issue 5).
+const SECRET_VARIABLES = new Set(['UPLOAD_TOKEN', 'REDIS_URL'])
+
 export function loadEnv (source: NodeJS.ProcessEnv = process.env): Env {
   // An empty variable means "not set", as in a compose file's `FOO:` with no value.
   const data = Object.fromEntries(Object.entries(source).filter(([, v]) => v !== ''))
@@ -54,7 +61,8 @@ export function loadEnv (source: NodeJS.ProcessEnv = process.env): Env {
     const lines = errors.map((e) => {
       const name = e.instancePath.replace(/^\//, '')
       const allowed = e.params?.allowedValues ? ` (one of ${(e.params.allowedValues as string[]).join(', ')})` : ''
-      return `${name} ${e.message}${allowed}, got ${JSON.stringify(source[name])}`
+      const got = SECRET_VARIABLES.has(name) ? '(value hidden)' : JSON.stringify(source[name])
+      return `${name} ${e.message}${allowed}, got ${got}`
     })
     throw new ConfigError(`invalid configuration: ${lines.length > 0 ? [...new Set(lines)].join('; ') : (err as Error).message}`)
   }

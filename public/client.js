@@ -9,10 +9,12 @@ const guestsEl = document.getElementById('guests')
 const emptyEl = document.getElementById('empty')
 const recoveredEl = document.getElementById('recovered')
 const uploadsEl = document.getElementById('uploads')
+const countEl = document.getElementById('count')
 
 let socket
 let lastId
 let attempt = 0
+let arrivals = 0
 const pendingUploads = []
 
 function setState (name, text) {
@@ -49,17 +51,30 @@ function connect () {
 function showGuest (event) {
   lastId = event.id
   emptyEl.hidden = true
+  countEl.textContent = `${++arrivals}`
   const li = document.createElement('li')
+  const avatar = document.createElement('span')
+  avatar.className = 'avatar'
+  avatar.textContent = [...event.guest][0] ?? '?' // the family name comes first
+  avatar.style.setProperty('--hue', String(hue(event.guest)))
+  avatar.setAttribute('aria-hidden', 'true')
   const name = document.createElement('span')
   name.className = 'guest'
   name.textContent = event.guest
-  const time = document.createElement('span')
+  const time = document.createElement('time')
   time.className = 'time'
   time.textContent = event.time
-  li.append(name, time)
+  li.append(avatar, name, time)
   li.dataset.id = event.id
   guestsEl.prepend(li)
   while (guestsEl.children.length > MAX_GUESTS) guestsEl.lastElementChild.remove()
+}
+
+/** A stable colour per name, so a returning name looks the same. */
+function hue (text) {
+  let h = 0
+  for (const ch of text) h = (h * 31 + ch.codePointAt(0)) % 360
+  return h
 }
 
 function showResume ({ replayed, lost }) {
@@ -86,7 +101,10 @@ function settleUpload (message, ok) {
   const item = pendingUploads.shift()
   if (!item) return
   if (ok) {
-    item.el.textContent = `${item.name} saved as ${message.id} (${message.bytes} bytes, sha256 ${message.sha256.slice(0, 12)}…)`
+    const saved = document.createElement('code')
+    saved.textContent = message.id
+    item.el.className = 'saved'
+    item.el.replaceChildren(`${item.name} saved as `, saved, ` (${message.bytes} bytes, sha256 ${message.sha256.slice(0, 12)}…)`)
   } else {
     item.el.className = 'error'
     item.el.textContent = `${item.name} refused: ${message.message}`
