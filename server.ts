@@ -11,6 +11,11 @@ try {
   fail('fastify-fanout', err)
 }
 
+// Under a file-size limit (RLIMIT_FSIZE: ulimit -f, docker --ulimit fsize) the kernel's default for
+// SIGXFSZ kills the whole process on an oversize write. Handled, the write fails with EFBIG instead
+// and only that upload is refused (lib/uploads.ts, 'too_big'; issue 5).
+process.on('SIGXFSZ', () => {})
+
 const app = Fastify({ logger: { level: env.LOG_LEVEL } })
 try {
   await app.register(fanout, optionsFromEnv(env))

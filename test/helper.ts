@@ -239,3 +239,34 @@ export async function startRedis (t: Tap, options: { aof?: boolean } = {}): Prom
   await redis.start()
   return redis
 }
+
+/** One entry of a Redis history stream, as the broker's Lua script wrote it. */
+export interface StreamEntry { id: string, seq: number, body: string }
+
+/** Every entry of the history stream under `prefix`, oldest first (an empty list if it is absent). */
+export async function streamEntries (url: string, prefix = 'fanout:'): Promise<StreamEntry[]> {
+  const { Redis } = await import('ioredis')
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 })
+  try {
+    await redis.connect()
+    const entries = await redis.xrange(`${prefix}events`, '-', '+')
+    return entries.map(([id, fields]) => {
+      const field = (name: string) => fields[fields.indexOf(name) + 1]
+      return { id, seq: Number(field('seq')), body: field('body') }
+    })
+  } finally {
+    redis.disconnect()
+  }
+}
+
+/** The status of a GET, or 0 when nothing answers. */
+export async function httpStatus (url: string): Promise<number> {
+  return fetch(url).then((res) => res.status, () => 0)
+}
+
+/** One sample of a Prometheus text page, e.g. `fanout_connections` or `fanout_broker_stat{name="repairs"}`. */
+export async function metricValue (baseUrl: string, sample: string): Promise<number | undefined> {
+  const text = await (await fetch(`${baseUrl}/metrics`)).text()
+  const line = text.split('\n').find((l) => l.startsWith(`${sample} `))
+  return line === undefined ? undefined : Number(line.slice(sample.length + 1))
+}
