@@ -5,12 +5,12 @@ import type { History } from './broker.js'
 import { compareIds, type BrokerEvent } from './event.js'
 import type { Stats } from './metrics.js'
 
-/** Close codes, in one place (RFC 6455 §7.4.1 and the IANA registry). */
+/**
+ * The close codes this project sends itself (RFC 6455 §7.4.1, IANA registry). ws sends 1002,
+ * 1007 and 1009 on its own for malformed, non-UTF-8 and oversize frames.
+ */
 export const CloseCode = {
-  GOING_AWAY: 1001,
   POLICY: 1008,
-  TOO_BIG: 1009,
-  SERVER_ERROR: 1011,
   RESTART: 1012,
   TRY_AGAIN_LATER: 1013
 } as const

@@ -7,6 +7,7 @@ import { PROTOCOL } from '../plugins/websocket.js'
 import { admitUpgrade, presentedToken } from './admission.js'
 
 const TEXT_PREVIEW = 200
+const CLOSE_GRACE_MS = 1000
 
 /** The seed's Node server: every event to every client; text is logged, binary is saved. */
 export default async function guestRoutes (fastify: FastifyInstance): Promise<void> {
@@ -51,6 +52,8 @@ export function onInbound (fastify: FastifyInstance, socket: WebSocket, request:
       stats.rateLimited++
       request.log.warn({ bytes: data.length }, 'websocket closed: inbound rate limit exceeded')
       socket.close(CloseCode.POLICY, 'rate limit exceeded')
+      // ws would wait 30 s for the client's close frame, and a flooder keeps its slot meanwhile.
+      setTimeout(() => socket.terminate(), CLOSE_GRACE_MS).unref()
       return
     }
     handle(data, isBinary)

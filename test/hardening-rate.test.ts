@@ -51,6 +51,17 @@ t.test('a flood of 20,000 messages is closed with 1008; the others are served th
   await waitFor(() => app.fanout.hub.size === 1, 10_000, 'the flooder to leave the hub')
 })
 
+t.test('a flooder that never answers the close frame loses its connection within seconds, not 30', async (t) => {
+  const { app, port } = await build(t, { rateMessagesPerSec: 10 })
+  const flooder = await RawClient.open(t, port, { path: '/guest' })
+  flooder.stall() // reads nothing more, so it never sees the 1008 nor answers it
+  for (let i = 0; i < 100; i++) flooder.send({ opcode: Opcode.TEXT, payload: Buffer.from(`flood ${i}`) })
+  await waitFor(() => app.fanout.stats.rateLimited === 1, 5000, 'the rate limit to trip')
+  // ws alone would hold it until its 30 s close timeout.
+  await waitFor(() => app.fanout.hub.size === 0, 5000, 'the server to drop the connection')
+  t.equal(app.fanout.hub.size, 0, 'the connection is gone')
+})
+
 t.test('a flood of bytes is closed with 1008 too', async (t) => {
   const { app, ws } = await build(t, { rateBytesPerSec: 64 * 1024, maxUploadBytes: 16 * 1024, rateMessagesPerSec: 1000 })
   const client = await connect(t, `${ws}/ask`)
