@@ -1,0 +1,57 @@
+// The publisher process: publishes events into Redis the way each system's own publisher does,
+// at a fixed rate or as fast as it can, stamping `ts` at the moment of publishing.
+import { Emitter } from '@socket.io/redis-emitter'
+import { Redis } from 'ioredis'
+import { nowMs, serve, sleep } from './common.js'
+import { channelOf, eventBody, FANOUT_PREFIX, type SystemName } from './systems.js'
+
+const system = process.env.BENCH_SYSTEM as SystemName
+const redisUrl = process.env.REDIS_URL as string
+
+/** fastify-fanout's own publish path (one Lua call per event, pipelined), loaded from the build. */
+interface FanoutBroker {
+  publish (body: ReturnType<typeof eventBody>): Promise<string>
+}
+
+type Publish = (body: ReturnType<typeof eventBody>) => Promise<unknown>
+
+async function publisherFor (name: SystemName): Promise<Publish> {
+  if (name === 'fanout') {
+    // Loaded at run time from dist/ so this build does not compile (and rewrite) the product.
+    const url = new URL('../lib/redis-broker.js', import.meta.url).href
+    const { RedisBroker } = await import(url) as { RedisBroker: new (options: { url: string, prefix: string }) => FanoutBroker }
+    const broker = new RedisBroker({ url: redisUrl, prefix: FANOUT_PREFIX })
+    return (body) => broker.publish(body)
+  }
+  const redis = new Redis(redisUrl)
+  if (name === 'socketio') {
+    const emitter = new Emitter(redis)
+    return async (body) => emitter.emit('guest', body)
+  }
+  const channel = channelOf(name)
+  return (body) => redis.publish(channel, JSON.stringify(body))
+}
+
+const publish = await publisherFor(system)
+
+/** `count` events, `rate` per second (0: all at once); resolves once Redis has taken them all. */
+async function run (count: number, rate: number): Promise<{ startedAt: number, endedAt: number }> {
+  const startedAt = nowMs()
+  const pending: Array<Promise<unknown>> = []
+  for (let i = 0; i < count; i++) {
+    if (rate > 0) {
+      const due = startedAt + (i * 1000) / rate
+      const wait = due - nowMs()
+      if (wait > 0) await sleep(wait)
+    }
+    pending.push(publish(eventBody(nowMs())))
+  }
+  await Promise.all(pending)
+  return { startedAt, endedAt: nowMs() }
+}
+
+serve(async (request) => {
+  if (request.op !== 'publish') throw new Error(`unknown op ${request.op}`)
+  return run(request.count as number, request.rate as number)
+})
+process.send?.({ id: 0, ready: true })

@@ -1,0 +1,153 @@
+// The bench's results: one row per scenario and system, the ratios of fastify-fanout to each
+// baseline from the same run, and the issue's targets judged on those ratios.
+import { LABELS, type SystemName } from './systems.js'
+
+export interface Row {
+  scenario: string
+  system: SystemName
+  replicas: number
+  clients: number
+  connected: number
+  events: number
+  rate: number
+  rounds: number
+  expected: number
+  delivered: number
+  /** From the first publish of each round to the last receipt, summed over rounds. */
+  seconds: number
+  deliveriesPerSec: number
+  /** utime + stime of all replicas over the measured rounds. */
+  serverCpuSec: number
+  cpuUsPerDelivery: number
+  p50Ms: number
+  p99Ms: number
+  maxMs: number
+  /** Load-client CPU: the busiest client process, and all of them, in % of one core. */
+  clientCpuMaxPct: number
+  clientCpuSumPct: number
+  /** The whole machine (all cores) while measuring. */
+  machineBusyPct: number
+  idleRssMB?: number
+  loadedRssMB?: number
+  rssPerConnKB?: number
+  connectSeconds?: number
+}
+
+export interface Results {
+  startedAt: string
+  command: string
+  machine: { cpu: string, cores: number, ramGB: number, node: string, kernel: string, loadAvgAtStart: number[] }
+  replicas: number
+  clientProcs: number
+  scenarios: Array<{ name: string, clients: number, events: number, rate: number, rounds: number }>
+  rows: Row[]
+  errors: string[]
+}
+
+export interface Target {
+  name: string
+  /** The measured value the target is judged on, as printed. */
+  measured: string
+  pass: boolean | undefined
+}
+
+const BASELINES: SystemName[] = ['floor', 'socketio', 'naive']
+
+function find (rows: Row[], scenario: string, system: SystemName): Row | undefined {
+  return rows.find((r) => r.scenario === scenario && r.system === system)
+}
+
+const fixed = (n: number | undefined, digits: number): string => n === undefined || !Number.isFinite(n) ? '–' : n.toFixed(digits)
+const thousands = (n: number): string => Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '–'
+
+/** The issue's targets (issue 6), each judged from numbers of this run only. */
+export function targets (rows: Row[]): Target[] {
+  const ratio = (scenario: string, metric: keyof Row, a: SystemName, b: SystemName): number | undefined => {
+    const x = find(rows, scenario, a)?.[metric]
+    const y = find(rows, scenario, b)?.[metric]
+    return typeof x === 'number' && typeof y === 'number' ? x / y : undefined
+  }
+  const judged = (name: string, value: number | undefined, pass: (v: number) => boolean, show: (v: number) => string): Target =>
+    value === undefined || !Number.isFinite(value)
+      ? { name, measured: 'not measured', pass: undefined }
+      : { name, measured: show(value), pass: pass(value) }
+  const rss = find(rows, 'scale', 'fanout')?.rssPerConnKB
+  return [
+    judged('steady: CPU per delivery ≤ 1.15× the floor', ratio('steady', 'cpuUsPerDelivery', 'fanout', 'floor'),
+      (v) => v <= 1.15, (v) => `${v.toFixed(2)}× the floor`),
+    judged('steady: CPU per delivery ≥ 1.3× better than Socket.IO', ratio('steady', 'cpuUsPerDelivery', 'socketio', 'fanout'),
+      (v) => v >= 1.3, (v) => `${v.toFixed(2)}× better`),
+    judged('burst: deliveries/s ≥ 3× Socket.IO', ratio('burst', 'deliveriesPerSec', 'fanout', 'socketio'),
+      (v) => v >= 3, (v) => `${v.toFixed(2)}×`),
+    judged('scale: ≤ 10 KB RSS per idle connection', rss, (v) => v <= 10, (v) => `${v.toFixed(1)} KB`),
+    judged('latency (4,000 × 10/s): p99 no worse than Socket.IO', ratio('latency', 'p99Ms', 'fanout', 'socketio'),
+      (v) => v <= 1, (v) => `${v.toFixed(2)}× Socket.IO's p99`)
+  ]
+}
+
+function describe (s: Results['scenarios'][number]): string {
+  const pace = s.rate > 0 ? `${s.rate} events/s` : 'as fast as possible'
+  const rounds = s.rounds > 1 ? ` × ${s.rounds} rounds` : ''
+  return `${s.clients.toLocaleString('en-US')} clients, ${s.events} events${rounds}, ${pace}`
+}
+
+export function markdown (results: Results): string {
+  const { machine, rows } = results
+  const lines: string[] = [
+    `# fastify-fanout benchmark, ${results.startedAt}`,
+    '',
+    `Command: \`${results.command}\``,
+    '',
+    `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.ramGB} GB RAM, Node ${machine.node}, Linux ${machine.kernel}; ` +
+      `load average at start ${machine.loadAvgAtStart.join(' ')}. ${results.replicas} replicas of each system; ` +
+      'load clients, publishers and redis-server run on the same machine, each in its own process.',
+    '',
+    'Columns: deliveries/s counts from the first publish of a round to the last receipt; server CPU is ' +
+      'user + system time of all replicas of the system over its measured rounds, divided by deliveries; ' +
+      'latency runs from the `ts` stamped at publish to receipt by the load client; client CPU is the ' +
+      'busiest load-client process and all of them together, in % of one core; machine busy is all cores. ' +
+      'In steady, burst and latency the systems take turns, round by round.',
+    ''
+  ]
+  for (const s of results.scenarios) {
+    const scenarioRows = rows.filter((r) => r.scenario === s.name)
+    if (scenarioRows.length === 0) continue
+    const scale = s.name === 'scale'
+    lines.push(`## ${s.name}: ${describe(s)}`, '')
+    lines.push(`| system | delivered / expected | deliveries/s | server CPU µs/delivery | p50 ms | p99 ms |${scale ? ' RSS idle → loaded MB | RSS KB/conn | connect s |' : ''} client CPU max / sum % | machine busy % |`)
+    lines.push(`|---|---:|---:|---:|---:|---:|${scale ? '---:|---:|---:|' : ''}---:|---:|`)
+    for (const r of scenarioRows) {
+      lines.push(`| ${LABELS[r.system]} | ${thousands(r.delivered)} / ${thousands(r.expected)} | ${thousands(r.deliveriesPerSec)} | ${fixed(r.cpuUsPerDelivery, 2)} | ` +
+        `${fixed(r.p50Ms, 2)} | ${fixed(r.p99Ms, 2)} |` +
+        (scale ? ` ${fixed(r.idleRssMB, 0)} → ${fixed(r.loadedRssMB, 0)} | ${fixed(r.rssPerConnKB, 1)} | ${fixed(r.connectSeconds, 1)} |` : '') +
+        ` ${fixed(r.clientCpuMaxPct, 0)} / ${fixed(r.clientCpuSumPct, 0)} | ${fixed(r.machineBusyPct, 0)} |`)
+    }
+    lines.push('')
+  }
+
+  const ratioRows: string[] = []
+  for (const s of results.scenarios) {
+    const fanout = find(rows, s.name, 'fanout')
+    if (!fanout) continue
+    for (const baseline of BASELINES) {
+      const base = find(rows, s.name, baseline)
+      if (!base) continue
+      const rss = s.name === 'scale' ? fixed((fanout.rssPerConnKB ?? NaN) / (base.rssPerConnKB ?? NaN), 2) : '–'
+      ratioRows.push(`| ${s.name} | ${LABELS[baseline]} | ${fixed(fanout.deliveriesPerSec / base.deliveriesPerSec, 2)} | ` +
+        `${fixed(fanout.cpuUsPerDelivery / base.cpuUsPerDelivery, 2)} | ${fixed(fanout.p50Ms / base.p50Ms, 2)} | ${fixed(fanout.p99Ms / base.p99Ms, 2)} | ${rss} |`)
+    }
+  }
+  if (ratioRows.length > 0) {
+    lines.push('## fastify-fanout ÷ baseline (same run)', '',
+      'deliveries/s: higher is better for fastify-fanout; CPU/delivery, latency and RSS: lower is better.', '',
+      '| scenario | baseline | deliveries/s | CPU/delivery | p50 | p99 | RSS/conn |',
+      '|---|---|---:|---:|---:|---:|---:|', ...ratioRows, '')
+  }
+
+  lines.push('## Targets (issue 6)', '', '| target | measured | result |', '|---|---|---|')
+  for (const target of targets(rows)) {
+    lines.push(`| ${target.name} | ${target.measured} | ${target.pass === undefined ? 'not run' : target.pass ? 'pass' : 'FAIL'} |`)
+  }
+  if (results.errors.length > 0) lines.push('', '## Errors', '', ...results.errors.map((e) => `- ${e}`))
+  return lines.join('\n')
+}

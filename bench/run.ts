@@ -1,0 +1,573 @@
+// `npm run bench`: fastify-fanout against Socket.IO, naive ws and the bare-ws floor, in one run,
+// on one private redis-server. Every server replica, load client and publisher is its own process.
+// Options (flag or environment): see `usage` below; README "Performance" has what the numbers mean.
+import { fork, spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { createConnection, createServer } from 'node:net'
+import { cpus, tmpdir, totalmem, release, loadavg } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { Redis } from 'ioredis'
+import { cpuSeconds, histogram, machineTicks, merge, quantile, rssBytes, sleep, type Reply } from './common.js'
+import { monotonicUs, profileMarkdown, summarise, type ProfileSummary, type Window as ProfileWindow } from './profile.js'
+import { markdown, type Results, type Row } from './report.js'
+import { channelOf, clientUrl, FANOUT_PREFIX, LABELS, SYSTEMS, type SystemName } from './systems.js'
+
+const usage = `
+npm run bench [-- options]            (each option also reads BENCH_<NAME>, e.g. BENCH_SCALE=0.1)
+  --scale=F          multiply every client and event count by F [1]
+  --clients=N        clients in every scenario (overrides the defaults and --scale)
+  --events=N         events per measured round in every scenario
+  --rounds=N         measured rounds per system in steady, burst and latency
+  --rate=N           events per second in the steady and latency scenarios
+  --replicas=N       replicas of each system [2]
+  --client-procs=N   load-client processes per system [4]
+  --systems=a,b      of ${SYSTEMS.join(',')} [all]
+  --scenarios=a,b    of steady,burst,latency,scale [all]
+  --settle-ms=N      pause before reading RSS in the scale scenario [3000]
+  --out=DIR          where latest.json and latest.md go [bench/results; DIR with --profile]
+  --profile=DIR      run every replica under node --cpu-prof, profiles in DIR/<system>; the
+                     summary counts only the samples taken while a round was measured
+`
+
+const DIST = fileURLToPath(new URL('..', import.meta.url)) // dist/
+const ROOT = join(DIST, '..')
+/** Open files are capped at 20,000 per process: leave room for the process' own descriptors. */
+const SOCKETS_PER_PROCESS = 19_500
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+const { values: flags } = parseArgs({
+  options: Object.fromEntries(['scale', 'clients', 'events', 'rate', 'rounds', 'replicas', 'client-procs', 'systems',
+    'scenarios', 'settle-ms', 'out', 'profile', 'help'].map((name) => [name, { type: name === 'help' ? 'boolean' : 'string' }]))
+})
+if (flags.help) {
+  console.log(usage)
+  process.exit(0)
+}
+
+function option (name: string): string | undefined {
+  const flag = flags[name]
+  if (typeof flag === 'string') return flag
+  return process.env[`BENCH_${name.toUpperCase().replace(/-/g, '_')}`]
+}
+function numberOption (name: string, fallback: number): number {
+  const value = option(name)
+  if (value === undefined) return fallback
+  const n = Number(value)
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got ${value}`)
+  return n
+}
+function listOption<T extends string> (name: string, all: readonly T[]): T[] {
+  const value = option(name)
+  if (value === undefined) return [...all]
+  const list = value.split(',').map((s) => s.trim()).filter(Boolean)
+  for (const item of list) if (!all.includes(item as T)) throw new Error(`--${name}: unknown ${item} (one of ${all.join(', ')})`)
+  return list as T[]
+}
+
+const SCENARIOS = ['steady', 'burst', 'latency', 'scale'] as const
+type ScenarioName = typeof SCENARIOS[number]
+
+interface Scenario {
+  name: ScenarioName
+  clients: number
+  /** Events per measured round. */
+  events: number
+  /** Events per second; 0: as fast as possible. */
+  rate: number
+  /**
+   * Measured rounds per system. The systems take turns round by round, so a noisy neighbour on
+   * this shared machine weighs on all of them rather than on whichever ran at the wrong moment.
+   */
+  rounds: number
+}
+
+const scale = numberOption('scale', 1)
+const replicaCount = Math.round(numberOption('replicas', 2))
+const clientProcs = Math.round(numberOption('client-procs', 4))
+const settleMs = numberOption('settle-ms', 3000)
+const profileDir = option('profile')
+// A profiled run is slower than a plain one: its numbers go next to the profiles, not over latest.
+const outDir = option('out') ?? profileDir ?? join(ROOT, 'bench', 'results')
+const systems = listOption('systems', SYSTEMS)
+const scenarioNames = listOption('scenarios', SCENARIOS)
+
+function scenario (name: ScenarioName, clients: number, events: number, rate: number, rounds: number): Scenario {
+  const scaled = (value: number): number => Math.max(1, Math.round(value * scale))
+  const given = (flag: string, fallback: number): number => option(flag) !== undefined ? Math.round(numberOption(flag, 0)) : fallback
+  return {
+    name,
+    clients: given('clients', scaled(clients)),
+    events: given('events', scaled(events)),
+    rate: rate > 0 ? numberOption('rate', rate) : 0,
+    rounds: name === 'scale' ? 1 : given('rounds', rounds)
+  }
+}
+
+const scenarios: Record<ScenarioName, Scenario> = {
+  // 2,000 clients, 20 events/s for 10 s (5 rounds of 2 s).
+  steady: scenario('steady', 2000, 40, 20, 5),
+  // 500 clients, 400 events published as fast as possible; three such bursts.
+  burst: scenario('burst', 500, 400, 0, 3),
+  // 4,000 clients, 10 events/s for 10 s: the latency comparison.
+  latency: scenario('latency', 4000, 20, 10, 5),
+  // As many idle connections as the descriptor cap allows over the replicas; then a few events.
+  scale: scenario('scale', replicaCount * SOCKETS_PER_PROCESS, 5, 0, 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: every one is killed when the run ends, however it ends.
+
+const children = new Set<ChildProcess>()
+/** Children being stopped on purpose: their exit is not news. */
+const stopping = new Set<ChildProcess>()
+let shuttingDown = false
+const tempDirs: string[] = []
+
+function track (child: ChildProcess, name: string): ChildProcess {
+  children.add(child)
+  child.once('exit', (code, signal) => {
+    children.delete(child)
+    if (!stopping.has(child) && !shuttingDown) console.error(`[bench] ${name} (pid ${child.pid}) exited early: code ${code} signal ${signal}`)
+  })
+  return child
+}
+
+function cleanup (): void {
+  shuttingDown = true
+  for (const child of children) child.kill('SIGKILL')
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
+}
+process.on('exit', cleanup)
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => { cleanup(); process.exit(130) })
+}
+
+function tempDir (prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  tempDirs.push(dir)
+  return dir
+}
+
+async function stop (child: ChildProcess, graceMs = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  stopping.add(child)
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  child.kill('SIGTERM')
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
+  await exited
+  clearTimeout(timer)
+}
+
+async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+async function waitFor (what: string, check: () => Promise<boolean> | boolean, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(50)
+  }
+}
+
+function accepts (port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ port, host: '127.0.0.1' })
+    socket.once('connect', () => { socket.destroy(); resolve(true) })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+/** A forked bench process (load client, publisher) spoken to by request and reply. */
+class Worker {
+  #next = 1
+  #waiting = new Map<number, { resolve: (reply: Reply) => void, reject: (err: Error) => void }>()
+  readonly ready: Promise<void>
+
+  constructor (readonly child: ChildProcess, readonly name: string) {
+    track(child, name)
+    this.ready = new Promise((resolve, reject) => {
+      child.once('exit', (code) => {
+        reject(new Error(`${name} exited with ${code}`))
+        for (const waiter of this.#waiting.values()) waiter.reject(new Error(`${name} exited with ${code}`))
+      })
+      child.on('message', (reply: Reply) => {
+        if (reply.id === 0) return resolve()
+        const waiter = this.#waiting.get(reply.id)
+        this.#waiting.delete(reply.id)
+        if (reply.error) waiter?.reject(new Error(`${name}: ${reply.error}`))
+        else waiter?.resolve(reply)
+      })
+    })
+  }
+
+  static async fork (file: string, name: string, env: Record<string, string> = {}): Promise<Worker> {
+    const child = fork(join(DIST, 'bench', file), [], { execArgv: [], env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    const worker = new Worker(child, name)
+    await worker.ready
+    return worker
+  }
+
+  call<T = Record<string, unknown>> (op: string, fields: Record<string, unknown> = {}): Promise<T & Reply> {
+    const id = this.#next++
+    return new Promise((resolve, reject) => {
+      this.#waiting.set(id, { resolve: resolve as (reply: Reply) => void, reject })
+      this.child.send({ id, op, ...fields })
+    })
+  }
+
+  async stop (): Promise<void> {
+    await this.call('close').catch(() => {})
+    await stop(this.child)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The systems' server replicas
+
+interface Replicas { system: SystemName, ports: number[], procs: ChildProcess[] }
+
+async function startRedis (): Promise<{ url: string, client: Redis, proc: ChildProcess }> {
+  const port = await freePort()
+  const dir = tempDir('bench-redis-')
+  const proc = track(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'],
+    { stdio: 'ignore' }), 'redis-server')
+  await waitFor('redis-server', () => accepts(port))
+  const url = `redis://127.0.0.1:${port}`
+  return { url, client: new Redis(url), proc }
+}
+
+function replicaCommand (system: SystemName, uploadDir: string): { args: string[], env: Record<string, string> } {
+  const profile = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, system)}`] : []
+  if (system === 'fanout') {
+    return {
+      args: [...profile, join(DIST, 'server.js')],
+      env: {
+        HOST: '127.0.0.1',
+        REDIS_PREFIX: FANOUT_PREFIX,
+        PUBLISHER: 'off',
+        // Per-request logs would measure pino, not fan-out; the baselines log nothing either.
+        LOG_LEVEL: 'warn',
+        METRICS_INTERVAL_MS: '0',
+        MAX_CONNECTIONS: String(SOCKETS_PER_PROCESS * 2),
+        DRAIN_MS: '0',
+        UPLOAD_DIR: uploadDir,
+        UPLOAD_MIN_FREE_BYTES: '0'
+      }
+    }
+  }
+  const file = { socketio: 'socketio.js', naive: 'naive-ws.js', floor: 'floor.js' }[system]
+  return { args: [...profile, join(DIST, 'bench', 'servers', file)], env: system === 'socketio' ? {} : { BENCH_CHANNEL: channelOf(system) } }
+}
+
+/** How many replicas Redis sees subscribed: the replica is not ready before that. */
+async function subscribers (redis: Redis, system: SystemName): Promise<number> {
+  const channel = system === 'fanout'
+    ? `${FANOUT_PREFIX}events`
+    // The adapter PSUBSCRIBEs its broadcast pattern just before it SUBSCRIBEs this channel.
+    : system === 'socketio' ? 'socket.io-request#/#' : channelOf(system)
+  const [, count] = await redis.pubsub('NUMSUB', channel) as [string, number]
+  return Number(count)
+}
+
+async function startReplicas (system: SystemName, redis: { url: string, client: Redis }): Promise<Replicas> {
+  const uploadDir = tempDir('bench-uploads-')
+  const ports: number[] = []
+  const procs: ChildProcess[] = []
+  const before = await subscribers(redis.client, system)
+  for (let i = 0; i < replicaCount; i++) {
+    const port = await freePort()
+    const { args, env } = replicaCommand(system, uploadDir)
+    const child = spawn(process.execPath, args, {
+      cwd: ROOT,
+      env: { ...process.env, ...env, PORT: String(port), REDIS_URL: redis.url },
+      stdio: ['ignore', 'inherit', 'inherit']
+    })
+    track(child, `${system} replica ${i + 1}`)
+    ports.push(port)
+    procs.push(child)
+  }
+  for (const port of ports) await waitFor(`${system} replica on port ${port}`, () => accepts(port))
+  await waitFor(`${system} replicas to subscribe`, async () => (await subscribers(redis.client, system)) >= before + replicaCount)
+  return { system, ports, procs }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load clients and measurement
+
+interface ClientStats { received: number, lastAt: number, closed: number, open: number, hist: number[] }
+
+async function startClients (system: SystemName, replicas: Replicas, count: number): Promise<{ workers: Worker[], connected: number, seconds: number }> {
+  const procs = Math.max(clientProcs, Math.ceil(count / SOCKETS_PER_PROCESS))
+  const workers = await Promise.all(Array.from({ length: procs }, (_, i) => Worker.fork('client.js', `load client ${i + 1}`)))
+  const urls = replicas.ports.map((port) => clientUrl(system, port))
+  const started = Date.now()
+  const results = await Promise.all(workers.map((worker, i) => {
+    const share = Math.floor(count / procs) + (i < count % procs ? 1 : 0)
+    // Rotate the replica list so every process spreads its share over all replicas evenly.
+    const rotated = urls.map((_, j) => urls[(i + j) % urls.length])
+    return worker.call<{ connected: number, failed: number, errors: string[] }>('connect', { system, urls: rotated, count: share, concurrency: 50 })
+  }))
+  const connected = results.reduce((sum, r) => sum + r.connected, 0)
+  const failed = results.reduce((sum, r) => sum + r.failed, 0)
+  if (failed > 0) console.error(`[bench] ${system}: ${failed} of ${count} connections failed: ${[...new Set(results.flatMap((r) => r.errors))].join('; ')}`)
+  return { workers, connected, seconds: (Date.now() - started) / 1000 }
+}
+
+async function received (workers: Worker[]): Promise<number> {
+  const counts = await Promise.all(workers.map((w) => w.call<{ received: number }>('count')))
+  return counts.reduce((sum, c) => sum + c.received, 0)
+}
+
+/** Waits until `expected` deliveries arrived, or until none arrived for a while. */
+async function delivered (workers: Worker[], expected: number, stallMs = 10_000): Promise<number> {
+  let last = -1
+  let progressAt = Date.now()
+  for (;;) {
+    const now = await received(workers)
+    if (now >= expected) return now
+    if (now !== last) { last = now; progressAt = Date.now() }
+    if (Date.now() - progressAt > stallMs) return now
+    await sleep(50)
+  }
+}
+
+/** When each system's rounds were measured: the profile summary counts only those samples. */
+const measuredWindows = new Map<SystemName, ProfileWindow[]>(SYSTEMS.map((system) => [system, []]))
+
+interface Window { serverCpu: number, clientCpu: number[], machine: { busy: number, total: number }, at: number }
+
+function sample (replicas: Replicas, workers: Worker[]): Window {
+  return {
+    serverCpu: replicas.procs.reduce((sum, p) => sum + cpuSeconds(p.pid as number), 0),
+    clientCpu: workers.map((w) => cpuSeconds(w.child.pid as number)),
+    machine: machineTicks(),
+    at: Date.now()
+  }
+}
+
+/** One system under load: its replicas, its load clients and its publisher. */
+interface Setup { system: SystemName, replicas: Replicas, workers: Worker[], connected: number, publisher: Worker, connectSeconds: number }
+
+/** What the measured rounds of one system add up to. */
+class Tally {
+  delivered = 0
+  seconds = 0
+  serverCpu = 0
+  wall = 0
+  clientCpu: number[] = []
+  machineBusy = 0
+  machineTotal = 0
+  hist = histogram()
+}
+
+async function setUp (system: SystemName, replicas: Replicas, clients: number): Promise<Setup> {
+  const { workers, connected, seconds } = await startClients(system, replicas, clients)
+  const publisher = await Worker.fork('publisher.js', `${system} publisher`, { BENCH_SYSTEM: system, REDIS_URL: redisUrl })
+  return { system, replicas, workers, connected, publisher, connectSeconds: seconds }
+}
+
+async function tearDown (setup: Setup): Promise<void> {
+  await Promise.all([...setup.workers, setup.publisher].map((w) => w.stop()))
+}
+
+/** Publishes one round and waits for it to be delivered (or to stall), adding it to `tally`. */
+async function round (setup: Setup, s: Scenario, tally: Tally): Promise<void> {
+  const { replicas, workers, publisher, connected } = setup
+  await Promise.all(workers.map((w) => w.call('reset')))
+  const start = sample(replicas, workers)
+  const from = monotonicUs()
+  const { startedAt } = await publisher.call<{ startedAt: number }>('publish', { count: s.events, rate: s.rate })
+  tally.delivered += await delivered(workers, connected * s.events)
+  measuredWindows.get(setup.system)?.push([from, monotonicUs()])
+  const end = sample(replicas, workers)
+  const stats = await Promise.all(workers.map((w) => w.call<ClientStats>('stats')))
+  for (const st of stats) merge(tally.hist, st.hist)
+  tally.seconds += (Math.max(...stats.map((st) => st.lastAt)) - startedAt) / 1000
+  tally.serverCpu += end.serverCpu - start.serverCpu
+  tally.wall += (end.at - start.at) / 1000
+  end.clientCpu.forEach((cpu, i) => { tally.clientCpu[i] = (tally.clientCpu[i] ?? 0) + cpu - start.clientCpu[i] })
+  tally.machineBusy += end.machine.busy - start.machine.busy
+  tally.machineTotal += end.machine.total - start.machine.total
+}
+
+function row (setup: Setup, s: Scenario, t: Tally, extra: Partial<Row> = {}): Row {
+  const clientCpu = t.clientCpu.map((cpu) => cpu / t.wall)
+  return {
+    scenario: s.name,
+    system: setup.system,
+    replicas: replicaCount,
+    clients: s.clients,
+    connected: setup.connected,
+    events: s.events,
+    rate: s.rate,
+    rounds: s.rounds,
+    expected: setup.connected * s.events * s.rounds,
+    delivered: t.delivered,
+    seconds: t.seconds,
+    deliveriesPerSec: t.delivered / t.seconds,
+    serverCpuSec: t.serverCpu,
+    cpuUsPerDelivery: (t.serverCpu * 1e6) / t.delivered,
+    p50Ms: quantile(t.hist, 0.5),
+    p99Ms: quantile(t.hist, 0.99),
+    maxMs: quantile(t.hist, 1),
+    clientCpuMaxPct: Math.max(...clientCpu) * 100,
+    clientCpuSumPct: clientCpu.reduce((a, b) => a + b, 0) * 100,
+    machineBusyPct: (t.machineBusy / t.machineTotal) * 100,
+    ...extra
+  }
+}
+
+/**
+ * steady, burst, latency: every system's clients connect, each system gets one unmeasured
+ * warm-up round, then the systems take turns, one measured round each, `rounds` times over.
+ */
+async function runLoad (s: Scenario, running: Replicas[]): Promise<Row[]> {
+  const setups: Setup[] = []
+  try {
+    for (const replicas of running) setups.push(await setUp(replicas.system, replicas, s.clients))
+    for (const setup of setups) {
+      // Up to 2 s of events, so JIT and buffers are warm before anything is measured.
+      const warmup = s.rate > 0 ? Math.min(s.events, Math.max(1, Math.round(s.rate * 2))) : s.events
+      await setup.publisher.call('publish', { count: warmup, rate: s.rate })
+      await delivered(setup.workers, setup.connected * warmup)
+    }
+    const tallies = setups.map(() => new Tally())
+    for (let r = 0; r < s.rounds; r++) {
+      // Each round starts with the next system, so none is always first after the pause.
+      for (let i = 0; i < setups.length; i++) {
+        const at = (i + r) % setups.length
+        await round(setups[at], s, tallies[at])
+      }
+    }
+    return setups.map((setup, i) => row(setup, s, tallies[i]))
+  } finally {
+    await Promise.all(setups.map(tearDown))
+  }
+}
+
+/** scale: replica RSS with no connection, then with N idle ones; then one burst to all of them. */
+async function runScale (s: Scenario, replicas: Replicas): Promise<Row> {
+  const rss = (): number => replicas.procs.reduce((sum, p) => sum + rssBytes(p.pid as number), 0)
+  await sleep(settleMs)
+  const idleRss = rss()
+  const setup = await setUp(replicas.system, replicas, s.clients)
+  try {
+    await sleep(settleMs)
+    const loadedRss = rss()
+    const tally = new Tally()
+    await round(setup, s, tally)
+    return row(setup, s, tally, {
+      idleRssMB: idleRss / 2 ** 20,
+      loadedRssMB: loadedRss / 2 ** 20,
+      rssPerConnKB: (loadedRss - idleRss) / setup.connected / 1024,
+      connectSeconds: setup.connectSeconds
+    })
+  } finally {
+    await tearDown(setup)
+  }
+}
+
+async function stopReplicas (replicas: Replicas): Promise<void> {
+  await Promise.all(replicas.procs.map((p) => stop(p, 15_000)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+function machine (): Results['machine'] {
+  const model = cpus()[0]?.model ?? 'unknown'
+  return {
+    cpu: model,
+    cores: cpus().length,
+    ramGB: Number((totalmem() / 2 ** 30).toFixed(1)),
+    node: process.version,
+    kernel: release(),
+    loadAvgAtStart: loadavg().map((l) => Number(l.toFixed(2)))
+  }
+}
+
+function commandLine (): string {
+  const env = Object.entries(process.env).filter(([k]) => k.startsWith('BENCH_')).map(([k, v]) => `${k}=${v} `).join('')
+  const args = process.argv.slice(2).join(' ')
+  return process.env.npm_lifecycle_event === 'bench'
+    ? `${env}npm run bench${args ? ` -- ${args}` : ''}`
+    : `${env}node dist/bench/run.js${args ? ` ${args}` : ''}`
+}
+
+if (profileDir) mkdirSync(profileDir, { recursive: true })
+const redis = await startRedis()
+const redisUrl = redis.url
+const startedAt = new Date()
+const rows: Row[] = []
+const errors: string[] = []
+const loadScenarios = scenarioNames.filter((name) => name !== 'scale')
+
+if (loadScenarios.length > 0) {
+  const running: Replicas[] = []
+  for (const system of systems) running.push(await startReplicas(system, redis))
+  for (const name of loadScenarios) {
+    console.error(`[bench] ${name}: ${scenarios[name].clients} clients per system, ${systems.join(', ')} taking turns`)
+    try {
+      rows.push(...await runLoad(scenarios[name], running))
+    } catch (err) {
+      errors.push(`${name}: ${(err as Error).message}`)
+    }
+  }
+  await Promise.all(running.map(stopReplicas))
+}
+if (scenarioNames.includes('scale')) {
+  for (const system of systems) {
+    // One system at a time (the descriptor cap is per process, memory is not), on fresh
+    // replicas, so "RSS with no connection" is not swollen by the earlier scenarios.
+    console.error(`[bench] scale: ${system}, ${scenarios.scale.clients} clients`)
+    const replicas = await startReplicas(system, redis)
+    try {
+      rows.push(await runScale(scenarios.scale, replicas))
+    } catch (err) {
+      errors.push(`${system} scale: ${(err as Error).message}`)
+    }
+    await stopReplicas(replicas)
+  }
+}
+redis.client.disconnect()
+await stop(redis.proc)
+
+const profiles: Partial<Record<SystemName, ProfileSummary>> = {}
+if (profileDir) {
+  for (const system of systems) {
+    const dir = join(profileDir, system)
+    const files = (existsSync(dir) ? readdirSync(dir) : []).filter((f) => f.endsWith('.cpuprofile')).map((f) => join(dir, f))
+    if (files.length > 0) profiles[system] = summarise(files, measuredWindows.get(system))
+  }
+}
+
+const results: Results = {
+  startedAt: startedAt.toISOString(),
+  command: commandLine(),
+  machine: machine(),
+  replicas: replicaCount,
+  clientProcs,
+  scenarios: scenarioNames.map((name) => scenarios[name]),
+  rows,
+  errors
+}
+const report = [markdown(results), ...Object.entries(profiles).map(([system, summary]) =>
+  `## CPU profile: ${LABELS[system as SystemName]} replicas, measured rounds only\n\n${profileMarkdown(summary)}`)].join('\n\n')
+console.log(report)
+mkdirSync(outDir, { recursive: true })
+writeFileSync(join(outDir, 'latest.json'), JSON.stringify({ ...results, profiles }, null, 2) + '\n')
+writeFileSync(join(outDir, 'latest.md'), report + '\n')
+console.error(`[bench] wrote ${join(outDir, 'latest.json')} and latest.md`)
+process.exitCode = errors.length > 0 ? 1 : 0
