@@ -42,7 +42,9 @@ const metrics = env.METRICS_INTERVAL_MS > 0
   ? setInterval(() => log.info({ redis: broker.state, ...broker.stats() }, 'metrics'), env.METRICS_INTERVAL_MS).unref()
   : undefined
 
+let stopping = false
 const graceful = closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+  stopping = true
   if (err) log.error({ err }, 'stopping after an error')
   else log.info({ signal }, 'stopping')
   clearInterval(metrics)
@@ -51,5 +53,8 @@ const graceful = closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
 })
 
 await run.done
-log.info({ ...broker.stats() }, 'published GUEST_COUNT events: done')
-graceful.close()
+// run.done also resolves when a signal stopped the run: that path exits on its own.
+if (!stopping) {
+  log.info({ ...broker.stats() }, 'published GUEST_COUNT events: done')
+  graceful.close()
+}

@@ -29,6 +29,12 @@ export class Client {
   held: BrokerEvent[] | undefined
   heldBytes = 0
   alive = true
+  /**
+   * A resumed client's newest replayed event. The history read and live delivery travel on
+   * different Redis connections, so replayed events can still arrive live after the replay:
+   * live events up to this id are skipped. Cleared by the first newer one, as the broker
+   * delivers in id order.
+   */
   lastId: string | undefined
   readonly raw: Socket
 
@@ -102,7 +108,10 @@ export class Hub {
         client.held.push(event)
         client.heldBytes += frame.length
         if (client.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
+      } else if (client.lastId !== undefined && compareIds(event.id, client.lastId) <= 0) {
+        continue // replayed already
       } else if (this.#write(client, frame)) {
+        client.lastId = undefined
         delivered++
       }
     }

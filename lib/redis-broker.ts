@@ -72,7 +72,8 @@ export class RedisBroker implements Broker {
   #canaryTimeoutMs: number
   #canaryTimer: NodeJS.Timeout | undefined
   #canaryReturnedAt = 0
-  #subscribedAt = 0
+  /** When the oldest canary not yet heard back was sent; 0: none on its way. */
+  #canaryUnansweredSince = 0
   #closing = false
   #url: string
   #counters = { outboxDropped: 0, repairs: 0, repairedEvents: 0, canaryRttMs: -1, resubscribes: 0, published: 0 }
@@ -178,7 +179,7 @@ export class RedisBroker implements Broker {
     const sub = this.#sub
     if (!sub) return
     await sub.subscribe(this.#channel, this.#canaryChannel)
-    this.#subscribedAt = Date.now()
+    this.#canaryUnansweredSince = 0 // canaries sent before went out with the old connection
     if (this.#lastId === undefined) {
       // Start from the newest event, so a connection lost before the first live one is repaired too.
       const [newest] = await this.#cmd.xrevrange(this.#streamKey, '+', '-', 'COUNT', 1).catch(() => [])
@@ -196,6 +197,7 @@ export class RedisBroker implements Broker {
     if (channel === this.#canaryChannel) {
       const sentAt = Number(message.toString())
       this.#canaryReturnedAt = Date.now()
+      this.#canaryUnansweredSince = 0
       this.#counters.canaryRttMs = this.#canaryReturnedAt - sentAt
       this.#setState('ready')
       return
@@ -220,23 +222,26 @@ export class RedisBroker implements Broker {
     this.#listener?.(event)
   }
 
-  /** Reads what was missed from the stream, delivers it, then what was held meanwhile. */
+  /**
+   * Reads what was missed from the stream, delivers it, then what was held meanwhile. Live events
+   * stay held until the read succeeds: delivering them first would move past the gap for good.
+   */
   async #repair (): Promise<void> {
     if (this.#repairing || this.#lastId === undefined) return
     this.#repairing = true
     this.#counters.repairs++
     let repaired = 0
     try {
-      for (;;) {
-        const page = await this.#cmd.xrange(this.#streamKey, `(${this.#lastId}`, '+', 'COUNT', PAGE)
-        for (const [id, fields] of page) {
-          this.#accept(Number(field(fields, 'seq')), { id, data: withId(id, field(fields, 'body')) }, false)
-          repaired++
+      for (let attempt = 0; !this.#closed(); attempt++) {
+        try {
+          repaired = await this.#deliverMissed()
+          break
+        } catch (err) {
+          // Both connections reconnect on their own backoff: the subscriber may be back first.
+          this.#log('warn', { err: (err as Error).message, attempt }, 'gap repair could not read the stream yet; retrying')
+          await delay(retryDelay(attempt, 1000))
         }
-        if (page.length < PAGE) break
       }
-    } catch (err) {
-      this.#log('warn', { err: (err as Error).message }, 'gap repair could not read the stream; will retry on reconnect')
     } finally {
       this.#repairing = false
       this.#counters.repairedEvents += repaired
@@ -247,43 +252,66 @@ export class RedisBroker implements Broker {
     }
   }
 
+  /** Delivers every stream entry after the last delivered one; returns how many there were. */
+  async #deliverMissed (): Promise<number> {
+    let count = 0
+    for (;;) {
+      const page = await this.#cmd.xrange(this.#streamKey, `(${this.#lastId}`, '+', 'COUNT', PAGE)
+      for (const [id, fields] of page) this.#accept(Number(field(fields, 'seq')), { id, data: withId(id, field(fields, 'body')) }, false)
+      count += page.length
+      if (page.length < PAGE) return count
+    }
+  }
+
   /** Publishes the time on this replica's own channel; a late return marks the broker down. */
   #canary (): void {
     const now = Date.now()
-    const lastSeen = Math.max(this.#canaryReturnedAt, this.#subscribedAt)
     if (this.#sub && this.#state === 'ready' && now - this.#canaryReturnedAt > this.#canaryTimeoutMs) {
       this.#setState('down')
     }
-    // Subscribed but deaf (a known failure mode of long-lived pub/sub connections): reconnect.
-    if (this.#sub?.status === 'ready' && lastSeen > 0 && now - lastSeen > this.#canaryTimeoutMs) {
+    // Redis took a canary and the subscriber never heard it: subscribed but deaf (a known failure
+    // of long-lived pub/sub connections). Reconnect. A canary that could not be sent, because the
+    // command connection is down, says nothing about the subscriber.
+    const waited = now - this.#canaryUnansweredSince
+    if (this.#sub?.status === 'ready' && this.#canaryUnansweredSince > 0 && waited > this.#canaryTimeoutMs) {
       this.#counters.resubscribes++
-      this.#subscribedAt = now
-      this.#log('warn', { lateMs: now - lastSeen }, 'canary did not come back: reconnecting the subscriber')
+      this.#canaryUnansweredSince = 0
+      this.#log('warn', { lateMs: waited }, 'canary did not come back: reconnecting the subscriber')
       this.#sub.disconnect(true)
       return
     }
-    if (this.#cmd.status === 'ready') this.#cmd.publish(this.#canaryChannel, String(now)).catch(() => {})
+    if (this.#cmd.status !== 'ready') return
+    if (this.#canaryUnansweredSince === 0) this.#canaryUnansweredSince = now
+    this.#cmd.publish(this.#canaryChannel, String(now)).catch(() => {
+      if (this.#canaryUnansweredSince === now) this.#canaryUnansweredSince = 0
+    })
   }
 
   async history (sinceId: string): Promise<History> {
+    // One transaction reads the entry at or before sinceId and the first page after it, so no
+    // trim can fall between the two.
+    type Entries = Array<[string, string[]]>
+    const replies = await this.#cmd.multi()
+      .xrevrange(this.#streamKey, sinceId, '-', 'COUNT', 1)
+      .xrange(this.#streamKey, `(${sinceId}`, '+', 'COUNT', PAGE)
+      .exec()
+    const [atOrBefore, first] = (replies ?? []).map(([err, result]) => {
+      if (err) throw err
+      return result as Entries
+    })
     const events: BrokerEvent[] = []
-    let start = `(${sinceId}`
-    for (;;) {
-      const page = await this.#cmd.xrange(this.#streamKey, start, '+', 'COUNT', PAGE)
+    for (let page = first; ;) {
       for (const [id, fields] of page) events.push({ id, data: withId(id, field(fields, 'body')) })
       if (page.length < PAGE) break
-      start = `(${page[page.length - 1][0]}`
+      page = await this.#cmd.xrange(this.#streamKey, `(${events[events.length - 1].id}`, '+', 'COUNT', PAGE)
     }
-    return { events, lost: await this.#trimmedAfter(sinceId) }
-  }
-
-  /** Whether the stream has dropped any event newer than `sinceId` (Redis 7 tracks this). */
-  async #trimmedAfter (sinceId: string): Promise<boolean> {
-    const info = await this.#cmd.call('XINFO', 'STREAM', this.#streamKey).catch(() => null) as unknown[] | null
-    if (!info) return false
-    const at = info.indexOf('max-deleted-entry-id')
-    const maxDeleted = at >= 0 ? String(info[at + 1]) : '0-0'
-    return compareIds(sinceId, maxDeleted) < 0
+    // seq is contiguous, so a gap between the entry at or before sinceId and the first one after
+    // it means events after sinceId were trimmed (MAXLEN trimming leaves no other trace: Redis
+    // 7's max-deleted-entry-id only follows XDEL). When sinceId is itself the newest trimmed
+    // entry, this says lost too: nothing tells that entry apart from the ones before it.
+    const seqBefore = atOrBefore.length > 0 ? Number(field(atOrBefore[0][1], 'seq')) : 0
+    const lost = first.length > 0 && Number(field(first[0][1], 'seq')) > seqBefore + 1
+    return { events, lost }
   }
 
   onStateChange (listener: (state: BrokerState) => void): void {

@@ -28,6 +28,13 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
     },
     // Closing is the hub's: 1012 spread over the drain window, then the server.
     preClose: async function () {
+      // Stop accepting first. New connections are refused, so a load balancer fails over at
+      // once (a 503 would go back to the client, and least_conn would keep choosing this
+      // emptying replica). A handshake already on its way, with no upgrade listener left, gets
+      // Fastify's plain 503 and its socket closed: @fastify/websocket's listener would answer the
+      // same 503 but leave the socket open, and server.close() would then wait for it forever.
+      fastify.server.close()
+      fastify.server.removeAllListeners('upgrade')
       await fastify.fanout.hub.drain(CloseCode.RESTART, 'service restart', options.drainMs)
       await new Promise((resolve) => fastify.websocketServer.close(resolve))
     }

@@ -270,3 +270,52 @@ export async function metricValue (baseUrl: string, sample: string): Promise<num
   const line = text.split('\n').find((l) => l.startsWith(`${sample} `))
   return line === undefined ? undefined : Number(line.slice(sample.length + 1))
 }
+
+export interface RedisProxy {
+  url: string
+  /** Holds back what Redis sends to the subscriber connections open now; new ones pass. */
+  holdSubscribers (): { count: number, release (): void }
+}
+
+/**
+ * A TCP proxy in front of a Redis port that can hold back what Redis sends to subscriber
+ * connections (those that sent SUBSCRIBE), every socket staying open: a lagging, or silently
+ * dead, network path, which neither Redis nor its client sees as an error.
+ */
+export async function redisProxy (t: Tap, redisPort: number): Promise<RedisProxy> {
+  const net = await import('node:net')
+  type Pair = { client: import('node:net').Socket, upstream: import('node:net').Socket }
+  const subscribers = new Set<Pair>()
+  const sockets = new Set<import('node:net').Socket>()
+  const server = createServer((client) => {
+    const pair: Pair = { client, upstream: net.connect(redisPort, '127.0.0.1') }
+    for (const socket of [pair.client, pair.upstream]) {
+      sockets.add(socket)
+      socket.on('error', () => {}).on('close', () => {
+        pair.client.destroy()
+        pair.upstream.destroy()
+        sockets.delete(socket)
+        subscribers.delete(pair)
+      })
+    }
+    client.on('data', (data: Buffer) => { if (/subscribe/i.test(data.toString('latin1'))) subscribers.add(pair) })
+    client.pipe(pair.upstream)
+    pair.upstream.pipe(client)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const socket of sockets) socket.destroy()
+    server.close()
+  })
+  return {
+    url: `redis://127.0.0.1:${(server.address() as { port: number }).port}`,
+    holdSubscribers () {
+      const held = [...subscribers]
+      for (const { client, upstream } of held) {
+        upstream.unpipe(client)
+        upstream.pause()
+      }
+      return { count: held.length, release: () => { for (const { client, upstream } of held) upstream.pipe(client) } }
+    }
+  }
+}

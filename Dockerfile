@@ -1,0 +1,24 @@
+# Build: compile the TypeScript with every dev dependency.
+FROM node:20-alpine AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json app.ts server.ts worker.ts cluster.ts ./
+COPY lib lib
+COPY plugins plugins
+COPY routes routes
+RUN npm run build
+
+# Runtime: production dependencies, the compiled code and the demo page; not root.
+FROM node:20-alpine
+ENV NODE_ENV=production
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+COPY --from=build /app/dist dist
+COPY public public
+# Owned by node, so a fresh named volume mounted here is writable by the server.
+RUN mkdir uploads && chown node:node uploads
+USER node
+EXPOSE 8080
+CMD ["node", "dist/server.js"]

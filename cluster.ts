@@ -1,0 +1,198 @@
+// `npm run cluster`: the compose topology without Docker. A private redis-server (AOF on, in a
+// temp dir) unless REDIS_URL is given, the publisher worker, CLUSTER_REPLICAS [3] replicas on free
+// ports, and nginx on PORT [8080] with the same deploy/nginx.conf compose uses. The tests run the
+// same topology through startCluster().
+import { spawn, type ChildProcess } from 'node:child_process'
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { basename, dirname, join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { fail } from './lib/fail.js'
+
+const here = dirname(fileURLToPath(import.meta.url))
+/** The package root, whether this runs as dist/cluster.js or from source. */
+const ROOT = basename(here) === 'dist' ? dirname(here) : here
+
+export interface ClusterOptions {
+  /** nginx's port [8080]; 0 picks a free one. */
+  port?: number
+  /** nginx's listen address [0.0.0.0]; the replicas and Redis listen on 127.0.0.1 only. */
+  host?: string
+  replicas?: number
+  /** An existing Redis; without it a private redis-server is started. */
+  redisUrl?: string
+  /** Environment of the worker and the replicas [process.env]. */
+  env?: NodeJS.ProcessEnv
+  /** Where each line of output goes, prefixed with its process's name [stdout]. */
+  log?: (line: string) => void
+}
+
+export interface Cluster {
+  /** nginx, the one address clients use. */
+  url: string
+  port: number
+  redisUrl: string
+  replicas: Array<{ port: number, process: ChildProcess }>
+  /** The temp dir: nginx's config and temp files, the private Redis's data; removed by stop(). */
+  dir: string
+  /** Stops everything (worker and replicas first, then nginx, then Redis) and removes the temp dir. */
+  stop (): Promise<void>
+}
+
+export async function startCluster (options: ClusterOptions = {}): Promise<Cluster> {
+  const log = options.log ?? ((line) => process.stdout.write(`${line}\n`))
+  const env = options.env ?? process.env
+  const replicas = options.replicas ?? 3
+  const host = options.host ?? '0.0.0.0'
+  const dir = mkdtempSync(join(tmpdir(), 'fanout-cluster-'))
+  const children: ChildProcess[] = []
+  const killAll = () => { for (const child of children) if (running(child)) child.kill('SIGKILL') }
+  // Whatever ends this process, no child outlives it.
+  process.once('exit', killAll)
+
+  // Each child in its own process group, so a Ctrl-C reaches only us and we stop them in order.
+  const start = (name: string, command: string, args: string[], childEnv: NodeJS.ProcessEnv = env, cwd = ROOT) => {
+    const child = spawn(command, args, { cwd, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+    children.push(child)
+    const prefix = `${name.padEnd(10)}|`
+    for (const stream of [child.stdout, child.stderr]) createInterface({ input: stream }).on('line', (line) => log(`${prefix} ${line}`))
+    child.once('error', (err) => log(`${prefix} cannot start: ${err.message}`))
+    child.once('exit', (code, signal) => log(`${prefix} exited (${signal ?? `code ${code}`})`))
+    return child
+  }
+
+  let redis: ChildProcess | undefined
+  let nginx: ChildProcess | undefined
+  const nodes: ChildProcess[] = [] // the worker and the replicas
+
+  let stopped: Promise<void> | undefined
+  function stop (): Promise<void> {
+    stopped ??= (async () => {
+      // Replicas drain (1012 to their clients, through nginx) while Redis is still there.
+      await Promise.all(nodes.map((child) => terminate(child, 20_000)))
+      await terminate(nginx, 5000)
+      await terminate(redis, 5000)
+      rmSync(dir, { recursive: true, force: true })
+      process.off('exit', killAll)
+    })()
+    return stopped
+  }
+
+  try {
+    let redisUrl = options.redisUrl
+    if (redisUrl === undefined) {
+      const port = await freePort()
+      mkdirSync(join(dir, 'redis'))
+      redis = start('redis', 'redis-server', ['--port', String(port), '--bind', '127.0.0.1',
+        '--dir', join(dir, 'redis'), '--appendonly', 'yes', '--save', ''])
+      await waitForOutput(redis, 'Ready to accept connections')
+      redisUrl = `redis://127.0.0.1:${port}`
+    }
+
+    nodes.push(start('worker', process.execPath, ['dist/worker.js'], { ...env, REDIS_URL: redisUrl }))
+    const started = await Promise.all(Array.from({ length: replicas }, async (_, i) => {
+      const port = await freePort()
+      const child = start(`replica-${i + 1}`, process.execPath, ['dist/server.js'],
+        { ...env, REDIS_URL: redisUrl, PORT: String(port), HOST: '127.0.0.1' })
+      nodes.push(child)
+      await waitForHttp(child, `http://127.0.0.1:${port}/healthz`)
+      return { port, process: child }
+    }))
+
+    const port = options.port || await freePort()
+    const conf = join(dir, 'nginx')
+    mkdirSync(conf)
+    copyFileSync(join(ROOT, 'deploy', 'nginx.conf'), join(conf, 'nginx.conf'))
+    // As deploy/compose/upstream.conf, with this cluster's replicas.
+    writeFileSync(join(conf, 'upstream.conf'), [
+      'upstream fanout_replicas {',
+      '  least_conn;',
+      '  zone fanout_replicas 64k;',
+      ...started.map((r) => `  server 127.0.0.1:${r.port} max_fails=1 fail_timeout=5s;`),
+      '}', ''
+    ].join('\n'))
+    writeFileSync(join(conf, 'listen.conf'), `listen ${host}:${port};\n`)
+    // Run as root, nginx's workers switch to nobody: they must be able to enter their temp dirs.
+    chmodSync(dir, 0o755)
+    nginx = start('nginx', 'nginx', ['-p', `${conf}/`, '-c', join(conf, 'nginx.conf'),
+      '-g', `daemon off; pid ${join(conf, 'nginx.pid')};`])
+    await waitForHttp(nginx, `http://127.0.0.1:${port}/healthz`)
+
+    return { url: `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`, port, redisUrl, replicas: started, dir, stop }
+  } catch (err) {
+    await stop()
+    throw err
+  }
+}
+
+function running (child: ChildProcess): boolean {
+  return child.exitCode === null && child.signalCode === null
+}
+
+/** SIGTERM, then SIGKILL if it is still there after `graceMs`. */
+async function terminate (child: ChildProcess | undefined, graceMs: number): Promise<void> {
+  if (child === undefined || !running(child)) return
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGTERM')
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
+  await exited
+  clearTimeout(timer)
+}
+
+async function waitForOutput (child: ChildProcess, text: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const onData = (data: Buffer) => { if (data.toString().includes(text)) resolve() }
+    child.stdout?.on('data', onData)
+    child.once('exit', (code) => reject(new Error(`${child.spawnfile} exited (code ${code}) before it was ready`)))
+    child.once('error', reject)
+  })
+}
+
+async function waitForHttp (child: ChildProcess, url: string): Promise<void> {
+  for (let attempt = 0; attempt < 300; attempt++) {
+    if (!running(child)) throw new Error(`${child.spawnargs.join(' ')} exited before ${url} answered`)
+    const ok = await fetch(url).then((res) => res.ok, () => false)
+    if (ok) return
+    await sleep(100)
+  }
+  throw new Error(`${url} did not answer within 30 s`)
+}
+
+async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+async function main (): Promise<void> {
+  const port = Number(process.env.PORT ?? 8080)
+  const replicas = Number(process.env.CLUSTER_REPLICAS ?? 3)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) fail('fastify-fanout cluster', new Error(`PORT must be a port number, got "${process.env.PORT}"`))
+  if (!Number.isInteger(replicas) || replicas < 1) fail('fastify-fanout cluster', new Error(`CLUSTER_REPLICAS must be a positive integer, got "${process.env.CLUSTER_REPLICAS}"`))
+  const log = (line: string) => process.stdout.write(`${'cluster'.padEnd(10)}| ${line}\n`)
+  let cluster: Cluster
+  try {
+    cluster = await startCluster({ port, replicas, host: process.env.HOST, redisUrl: process.env.REDIS_URL || undefined })
+  } catch (err) {
+    fail('fastify-fanout cluster cannot start', err)
+  }
+  log(`ready: ${cluster.url}/ (WebSocket ${cluster.url.replace('http', 'ws')}/guest), through nginx`)
+  log(`replicas on ${cluster.replicas.map((r) => `127.0.0.1:${r.port}`).join(', ')}`)
+  log(process.env.REDIS_URL ? `Redis at ${cluster.redisUrl}` : `private Redis at ${cluster.redisUrl}, data in ${cluster.dir}/redis (removed on exit)`)
+  const shutdown = (signal: NodeJS.Signals) => {
+    log(`${signal}: stopping`)
+    cluster.stop().then(() => process.exit(0), (err: Error) => fail('fastify-fanout cluster', err))
+  }
+  process.once('SIGINT', shutdown)
+  process.once('SIGTERM', shutdown)
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) await main()
