@@ -74,6 +74,8 @@ export class RedisBroker implements Broker {
   #canaryReturnedAt = 0
   /** When the oldest canary not yet heard back was sent; 0: none on its way. */
   #canaryUnansweredSince = 0
+  /** When the subscriber last received anything, canary or event. */
+  #heardAt = 0
   #closing = false
   #url: string
   #counters = { outboxDropped: 0, repairs: 0, repairedEvents: 0, canaryRttMs: -1, resubscribes: 0, published: 0 }
@@ -194,6 +196,7 @@ export class RedisBroker implements Broker {
   }
 
   #onMessage (channel: string, message: Buffer): void {
+    this.#heardAt = Date.now()
     if (channel === this.#canaryChannel) {
       const sentAt = Number(message.toString())
       this.#canaryReturnedAt = Date.now()
@@ -263,17 +266,23 @@ export class RedisBroker implements Broker {
     }
   }
 
-  /** Publishes the time on this replica's own channel; a late return marks the broker down. */
+  /**
+   * Publishes the time on this replica's own channel; a late return marks the broker down. Events
+   * arriving count as proof of life too: under a backlog the canary queues behind them, and
+   * reconnecting then would throw away what Redis has already queued for this subscriber.
+   */
   #canary (): void {
     const now = Date.now()
-    if (this.#sub && this.#state === 'ready' && now - this.#canaryReturnedAt > this.#canaryTimeoutMs) {
+    const silentFor = now - Math.max(this.#canaryReturnedAt, this.#heardAt)
+    if (this.#sub && this.#state === 'ready' && silentFor > this.#canaryTimeoutMs) {
       this.#setState('down')
     }
-    // Redis took a canary and the subscriber never heard it: subscribed but deaf (a known failure
-    // of long-lived pub/sub connections). Reconnect. A canary that could not be sent, because the
-    // command connection is down, says nothing about the subscriber.
+    // Redis took a canary and the subscriber heard nothing since: subscribed but deaf (a known
+    // failure of long-lived pub/sub connections). Reconnect. A canary that could not be sent,
+    // because the command connection is down, says nothing about the subscriber.
     const waited = now - this.#canaryUnansweredSince
-    if (this.#sub?.status === 'ready' && this.#canaryUnansweredSince > 0 && waited > this.#canaryTimeoutMs) {
+    if (this.#sub?.status === 'ready' && this.#canaryUnansweredSince > 0 && waited > this.#canaryTimeoutMs &&
+      now - this.#heardAt > this.#canaryTimeoutMs) {
       this.#counters.resubscribes++
       this.#canaryUnansweredSince = 0
       this.#log('warn', { lateMs: waited }, 'canary did not come back: reconnecting the subscriber')
