@@ -4,13 +4,13 @@
 // same topology through startCluster().
 import { spawn, type ChildProcess } from 'node:child_process'
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { fail } from './lib/fail.js'
+import { freePort } from './lib/free-port.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 /** The package root, whether this runs as dist/cluster.js or from source. */
@@ -159,17 +159,6 @@ async function waitForHttp (child: ChildProcess, url: string): Promise<void> {
     await sleep(100)
   }
   throw new Error(`${url} did not answer within 30 s`)
-}
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 async function main (): Promise<void> {

@@ -3,7 +3,7 @@
 // Options (flag or environment): see `usage` below; README "Performance" has what the numbers mean.
 import { fork, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
-import { createConnection, createServer } from 'node:net'
+import { createConnection } from 'node:net'
 import { cpus, tmpdir, totalmem, release, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -13,6 +13,7 @@ import { cpuSeconds, histogram, machineTicks, merge, quantile, rssBytes, sleep, 
 import { monotonicUs, profileMarkdown, summarise, type ProfileSummary, type Window as ProfileWindow } from './profile.js'
 import { markdown, type Results, type Row } from './report.js'
 import { channelOf, clientUrl, FANOUT_PREFIX, LABELS, SYSTEMS, type SystemName } from './systems.js'
+import { freePort } from '../lib/free-port.js'
 
 const usage = `
 npm run bench [-- options]            (each option also reads BENCH_<NAME>, e.g. BENCH_SCALE=0.1)
@@ -160,17 +161,6 @@ async function stop (child: ChildProcess, graceMs = 5000): Promise<void> {
   const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
   await exited
   clearTimeout(timer)
-}
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 async function waitFor (what: string, check: () => Promise<boolean> | boolean, timeoutMs = 20_000): Promise<void> {

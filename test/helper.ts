@@ -2,7 +2,7 @@
 // processes, WebSocket clients that record what they get. Everything registers its own teardown.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
+import { connect as netConnect, createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
@@ -11,6 +11,9 @@ import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { WebSocket } from 'ws'
 import fanout, { type FanoutOptions } from '../app.js'
+import { freePort } from '../lib/free-port.js'
+
+export { freePort }
 
 type Tap = {
   teardown (fn: () => unknown): void
@@ -23,18 +26,6 @@ export function tempDir (t: Tap, prefix = 'fanout-test-'): string {
   const dir = mkdtempSync(join(tmpdir(), prefix))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   return dir
-}
-
-export async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 /** Log lines a test can read back: `logs.lines` are parsed pino records. */
@@ -283,12 +274,11 @@ export interface RedisProxy {
  * dead, network path, which neither Redis nor its client sees as an error.
  */
 export async function redisProxy (t: Tap, redisPort: number): Promise<RedisProxy> {
-  const net = await import('node:net')
-  type Pair = { client: import('node:net').Socket, upstream: import('node:net').Socket }
+  type Pair = { client: Socket, upstream: Socket }
   const subscribers = new Set<Pair>()
-  const sockets = new Set<import('node:net').Socket>()
+  const sockets = new Set<Socket>()
   const server = createServer((client) => {
-    const pair: Pair = { client, upstream: net.connect(redisPort, '127.0.0.1') }
+    const pair: Pair = { client, upstream: netConnect(redisPort, '127.0.0.1') }
     for (const socket of [pair.client, pair.upstream]) {
       sockets.add(socket)
       socket.on('error', () => {}).on('close', () => {

@@ -1,0 +1,14 @@
+import { createServer } from 'node:net'
+
+/** A TCP port free on 127.0.0.1 right now (the cluster, the benchmark and the tests start servers on them). */
+export async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.unref()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
