@@ -134,22 +134,35 @@ export class Hub {
       client.ws.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
       throw err
     }
-    for (const event of history.events) this.#writeEvent(client, event)
-    const held = client.held ?? []
-    client.held = undefined
-    client.heldBytes = 0
+    await this.#replay(client, history.events)
     const replayed = history.events.length
     this.#options.stats.replayed += replayed
     if (client.control) this.sendJson(client, { type: 'resume', since, replayed, lost: history.lost })
-    for (const event of held) this.#writeEvent(client, event)
+    // Live events that came while the history was written; more may come while these are.
+    while (client.held && client.held.length > 0) {
+      const held = client.held
+      client.held = []
+      client.heldBytes = 0
+      await this.#replay(client, held)
+    }
+    client.held = undefined
     return { replayed, lost: history.lost }
   }
 
-  #writeEvent (client: Client, event: BrokerEvent): void {
-    if (client.lastId !== undefined && compareIds(event.id, client.lastId) <= 0) return
-    if (this.#write(client, textFrame(event.data))) {
-      client.lastId = event.id
-      this.#options.stats.deliveries++
+  /**
+   * Writes events to one client, waiting for its socket to drain whenever half the buffer cap is
+   * queued: a replay may be far larger than MAX_BUFFERED_BYTES, and written in one go it would
+   * be cut off as a slow consumer however fast the client reads.
+   */
+  async #replay (client: Client, events: BrokerEvent[]): Promise<void> {
+    for (const event of events) {
+      if (!client.open) return
+      if (client.lastId !== undefined && compareIds(event.id, client.lastId) <= 0) continue
+      if (this.#write(client, textFrame(event.data))) {
+        client.lastId = event.id
+        this.#options.stats.deliveries++
+      }
+      if (client.raw.writableLength > this.#options.maxBufferedBytes / 2) await drained(client)
     }
   }
 
@@ -165,7 +178,8 @@ export class Hub {
   #write (client: Client, frame: Buffer): boolean {
     if (!client.open) return false
     const raw = client.raw
-    if (raw.writableLength + frame.length > this.#options.maxBufferedBytes) {
+    // An empty buffer always takes the frame, so one event larger than the cap still goes out.
+    if (raw.writableLength > 0 && raw.writableLength + frame.length > this.#options.maxBufferedBytes) {
       this.#cutOff(client)
       return false
     }
@@ -233,4 +247,20 @@ export class Hub {
     clearInterval(this.#heartbeat)
     for (const client of this.clients) client.ws.terminate()
   }
+}
+
+/** Resolves once the client's socket has written out what it holds, or has closed. */
+async function drained (client: Client): Promise<void> {
+  const raw = client.raw
+  while (raw.writableCorked > 0) raw.uncork()
+  if (raw.writableLength === 0 || raw.destroyed) return
+  await new Promise<void>((resolve) => {
+    const done = (): void => {
+      raw.off('drain', done)
+      raw.off('close', done)
+      resolve()
+    }
+    raw.on('drain', done)
+    raw.on('close', done)
+  })
 }

@@ -29,10 +29,10 @@ function connect () {
   socket = new WebSocket(url, [PROTOCOL])
   socket.binaryType = 'arraybuffer'
   socket.onopen = () => {
-    attempt = 0
     setState('open', 'connected')
   }
   socket.onmessage = (message) => {
+    attempt = 0 // only a connection that delivers resets the backoff, not one that is cut at once
     const data = JSON.parse(message.data)
     if (data.type === 'guest') showGuest(data)
     else if (data.type === 'resume') showResume(data)

@@ -216,3 +216,25 @@ t.test('the metrics log line', async (t) => {
   for (const field of ['eventsIn', 'deliveries', 'uploads', 'uploadBytes', 'loopDelayP99Ms']) t.type(line[field], 'number', field)
   t.equal(line.broker, 'ready')
 })
+
+t.test('a replay far larger than maxBufferedBytes reaches a reading client whole', async (t) => {
+  const { app, ws } = await build(t, { maxBufferedBytes: 16 * 1024, historySize: 2000 })
+  const ids: string[] = []
+  for (let i = 0; i < 1500; i++) ids.push(await app.fanout.publish({ type: 'guest', guest: `张${i}`, time: '12:00:00', ts: Date.now(), pad: 'x'.repeat(100) }))
+  const client = await connect(t, `${ws}/guest?since=0-0`, { protocols: ['fanout.v1'] })
+  const live = app.fanout.publish({ type: 'guest', guest: '李四', time: '12:00:01', ts: Date.now() }) // during the replay
+  ids.push(await live)
+  await client.until((c) => c.events().length === ids.length, 20_000, 'the replay and the live event')
+  t.same(client.events().map((e) => e.id), ids, 'every event once, in order')
+  t.equal(app.fanout.stats.slowConsumerDrops, 0, 'not cut off as a slow consumer')
+  t.match(client.json('resume')[0], { replayed: 1500, lost: false })
+})
+
+t.test('one event larger than maxBufferedBytes still reaches idle clients', async (t) => {
+  const { app, ws } = await build(t, { maxBufferedBytes: 4096 })
+  const clients = await Promise.all([1, 2].map(() => connect(t, `${ws}/guest`)))
+  const id = await app.fanout.publish({ type: 'news', text: '长'.repeat(10_000) })
+  for (const client of clients) await client.until((c) => c.json('news').length === 1)
+  for (const client of clients) t.equal(client.json('news')[0].id, id)
+  t.equal(app.fanout.stats.slowConsumerDrops, 0)
+})
