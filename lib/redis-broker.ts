@@ -63,6 +63,8 @@ export class RedisBroker implements Broker {
   #outbox: Pending[] = []
   #outboxSize: number
   #flushing = false
+  /** How many items at the head of the outbox are in the pipeline being sent. */
+  #sending = 0
   #listener: ((event: BrokerEvent) => void) | undefined
   #lastId: string | undefined
   #lastSeq: number | undefined
@@ -114,7 +116,8 @@ export class RedisBroker implements Broker {
     return new Promise((resolve, reject) => {
       this.#outbox.push({ body: encoded, resolve, reject })
       if (this.#outbox.length > this.#outboxSize) {
-        const dropped = this.#outbox.shift()
+        // The oldest not already on its way to Redis: a batch in flight may yet be confirmed.
+        const [dropped] = this.#outbox.splice(this.#sending, 1)
         this.#counters.outboxDropped++
         this.#log('warn', { outboxSize: this.#outboxSize, dropped: this.#counters.outboxDropped },
           'redis unreachable and outbox full: dropped the oldest event')
@@ -135,7 +138,8 @@ export class RedisBroker implements Broker {
           await delay(retryDelay(attempt++))
           continue
         }
-        const batch = this.#outbox.slice(0, 256)
+        const batch = this.#outbox.slice(0, Math.min(256, this.#outboxSize))
+        this.#sending = batch.length
         const pipeline = this.#cmd.pipeline()
         for (const item of batch) {
           (pipeline as unknown as PublishingRedis).fanoutPublish(
@@ -152,6 +156,7 @@ export class RedisBroker implements Broker {
         // Items are taken off only once Redis confirmed them, so order survives a retry. A reply
         // lost with the connection can mean Redis ran it anyway: that event then appears twice.
         this.#outbox.splice(0, sent)
+        this.#sending = 0
         if (sent < batch.length) await delay(retryDelay(attempt++))
         else attempt = 0
       }
@@ -376,5 +381,6 @@ async function quit (client: Redis | undefined): Promise<void> {
 }
 
 function delay (ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
+  // Unref'd: the connections keep a running broker alive; a closed one should not wait on this.
+  return new Promise((resolve) => setTimeout(resolve, ms).unref())
 }

@@ -11,8 +11,9 @@ import { compareIds, encodeBody, idOf, isEventId, withId } from '../lib/event.js
 import { clockTime, makeGuest, nextDelay } from '../lib/guests.js'
 import { MemoryBroker } from '../lib/memory-broker.js'
 import { originAllowed } from '../lib/origins.js'
+import { startPublisher } from '../lib/publisher.js'
 import { UploadError, UploadStore } from '../lib/uploads.js'
-import { tempDir } from './helper.js'
+import { tempDir, waitFor } from './helper.js'
 
 const CHINESE_NAME = /^[\u4e00-\u9fff]{2,4}$/
 const PNG = Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'), Buffer.alloc(64, 7)])
@@ -313,4 +314,32 @@ t.test('originAllowed', async (t) => {
   t.notOk(originAllowed('http://evil.example:81', host, ['http://evil.example']), 'exact match, not a prefix')
   t.ok(originAllowed('http://anything.example', host, ['*']))
   t.ok(originAllowed('null', host, ['*']))
+})
+
+t.test('the publisher keeps to its schedule while the broker confirms nothing (Redis down)', async (t) => {
+  let made = 0
+  const run = startPublisher({
+    publish: () => { made++; return new Promise<string>(() => {}) }, // never confirmed
+    minDelayMs: 0,
+    maxDelayMs: 0,
+    count: 300,
+    stallMs: 5
+  })
+  t.teardown(() => run.stop())
+  await waitFor(() => made === 300, 10_000, '300 events made')
+  t.equal(made, 300, 'made every event, past the 256 waiting for confirmation')
+})
+
+t.test('the publisher stays in step with a broker that confirms', async (t) => {
+  const order: number[] = []
+  let made = 0
+  const run = startPublisher({
+    publish: () => { const n = made++; return new Promise<string>((resolve) => setImmediate(() => { order.push(n); resolve(String(n)) })) },
+    minDelayMs: 0,
+    maxDelayMs: 0,
+    count: 1000
+  })
+  await run.done
+  t.equal(made, 1000)
+  t.same(order, Array.from({ length: 1000 }, (_, i) => i), 'all confirmed, in order, before done resolves')
 })
