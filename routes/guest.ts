@@ -72,14 +72,18 @@ export function logText (fastify: FastifyInstance, request: FastifyRequest, data
   request.log.info({ bytes: data.length }, 'received: %s', preview)
 }
 
-// One upload at a time per client, so acks come back in the order the files were sent.
-const uploadQueues = new WeakMap<Client, Promise<void>>()
+// One upload at a time per client, so acks come back in the order the files were sent. While one
+// is being written the client's socket is paused: memory per client stays at about one message,
+// however slow the disk and whatever the rate limit admits.
+const uploadQueues = new WeakMap<Client, { tail: Promise<void>, pending: number }>()
 
 function saveUpload (fastify: FastifyInstance, client: Client, request: FastifyRequest, data: Buffer): void {
   const { hub, stats, uploads, options } = fastify.fanout
   const authorized = presentedToken(request, options.uploadToken)
-  const previous = uploadQueues.get(client) ?? Promise.resolve()
-  const next = previous.then(async () => {
+  const queue = uploadQueues.get(client) ?? { tail: Promise.resolve(), pending: 0 }
+  uploadQueues.set(client, queue)
+  if (queue.pending++ === 0) client.ws.pause()
+  queue.tail = queue.tail.then(async () => {
     try {
       if (!authorized) throw new UploadError('unauthorized', 'uploads need the upload token')
       const saved = await uploads.save(data)
@@ -93,7 +97,8 @@ function saveUpload (fastify: FastifyInstance, client: Client, request: FastifyR
       const message = err instanceof UploadError ? err.message : 'the upload could not be saved'
       request.log.warn({ code, bytes: data.length, err: (err as Error).message }, 'upload refused')
       if (client.control) hub.sendJson(client, { type: 'error', code, message })
+    } finally {
+      if (--queue.pending === 0) client.ws.resume()
     }
   })
-  uploadQueues.set(client, next)
 }

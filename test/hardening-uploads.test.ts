@@ -2,6 +2,7 @@
 // left behind, the free-space floor, names and extensions chosen by the server from the content,
 // no execute bits, and nothing served back over HTTP.
 import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { readdir, stat, statfs } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -131,4 +132,22 @@ t.test('concurrent uploads from many clients each land whole, with no temp file 
   const files = await readdir(uploadDir)
   t.equal(files.length, 24)
   t.notOk(files.some((f) => f.startsWith('.')), 'no temp file')
+})
+
+t.test('while an upload is written the sender is paused; every upload still lands, acked in order', async (t) => {
+  const { app, ws, uploadDir } = await build(t, { rateBytesPerSec: 64 * 1024 * 1024, rateMessagesPerSec: 1000 })
+  const client = await connect(t, `${ws}/guest`, { protocols: ['fanout.v1'] })
+  const [server] = [...app.fanout.hub.clients]
+  let sawPaused = false
+  const watch = setInterval(() => { sawPaused ||= server.ws.isPaused }, 1)
+  t.teardown(() => clearInterval(watch))
+  const files = Array.from({ length: 30 }, (_, i) => Buffer.alloc(512 * 1024, i))
+  for (const file of files) client.socket.send(file)
+  await client.until((c) => c.json('ack').length === files.length, 30_000, 'every ack')
+  clearInterval(watch)
+  t.ok(sawPaused, 'the socket was paused while uploads were being written')
+  t.equal(server.ws.isPaused, false, 'and resumed once they were all saved')
+  const acks = client.json('ack') as Array<{ id: string, sha256: string }>
+  t.same(acks.map((a) => a.sha256), files.map((f) => createHash('sha256').update(f).digest('hex')), 'acks in the order sent')
+  t.equal((await readdir(uploadDir)).filter((f) => !f.startsWith('.')).length, files.length, 'every file on disk, no temp files')
 })
