@@ -24,7 +24,7 @@ export interface BrokerEvent {
 const ID_PREFIX = '{"id":"'
 
 /** Ids look like Redis stream ids, `<ms>-<seq>`; both brokers make them so they compare alike. */
-const ID_PATTERN = /^\d{1,16}-\d{1,16}$/
+export const ID_PATTERN = /^\d{1,16}-\d{1,16}$/
 
 export function isEventId (value: string): boolean {
   return ID_PATTERN.test(value)

@@ -80,7 +80,7 @@ export class RedisBroker implements Broker {
   #heardAt = 0
   #closing = false
   #url: string
-  #counters = { outboxDropped: 0, repairs: 0, repairedEvents: 0, canaryRttMs: -1, resubscribes: 0, published: 0 }
+  #counters = { outboxDropped: 0, repairs: 0, repairedEvents: 0, repairLost: 0, canaryRttMs: -1, resubscribes: 0, published: 0 }
 
   constructor (options: RedisBrokerOptions) {
     this.#url = options.url
@@ -265,6 +265,12 @@ export class RedisBroker implements Broker {
     let count = 0
     for (;;) {
       const page = await this.#cmd.xrange(this.#streamKey, `(${this.#lastId}`, '+', 'COUNT', PAGE)
+      const firstSeq = page.length > 0 ? Number(field(page[0][1], 'seq')) : undefined
+      if (count === 0 && firstSeq !== undefined && this.#lastSeq !== undefined && firstSeq > this.#lastSeq + 1) {
+        // Away longer than the history covers: say so, as resume's `lost` does for a client.
+        this.#counters.repairLost += firstSeq - this.#lastSeq - 1
+        this.#log('warn', { lost: firstSeq - this.#lastSeq - 1, lastId: this.#lastId }, 'events missed while disconnected were already trimmed from the history')
+      }
       for (const [id, fields] of page) this.#accept(Number(field(fields, 'seq')), { id, data: withId(id, field(fields, 'body')) }, false)
       count += page.length
       if (page.length < PAGE) return count

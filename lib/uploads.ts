@@ -54,7 +54,9 @@ export class UploadStore {
     const type = await fileTypeFromBuffer(data)
     const name = `${stamp(new Date())}-${randomBytes(6).toString('hex')}.${type?.ext ?? 'bin'}`
     const temp = join(dir, `.tmp-${name}`)
+    const final = join(dir, name)
     let file: FileHandle | undefined
+    let renamed = false
     try {
       // wx: never follow or overwrite an existing path; 0o640: no execute bits, whatever the umask.
       file = await open(temp, 'wx', 0o640)
@@ -62,11 +64,13 @@ export class UploadStore {
       await file.sync()
       await file.close()
       file = undefined
-      await rename(temp, join(dir, name))
+      await rename(temp, final)
+      renamed = true
       await syncDir(dir)
     } catch (err) {
       await file?.close().catch(() => {})
-      await unlink(temp).catch(() => {})
+      // Whatever failed, nothing stays: the client is told the upload was not saved.
+      await unlink(renamed ? final : temp).catch(() => {})
       throw toUploadError(err as NodeJS.ErrnoException)
     }
     return {

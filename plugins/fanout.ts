@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { Broker } from '../lib/broker.js'
 import type { EventBody } from '../lib/event.js'
-import { Hub, CloseCode } from '../lib/hub.js'
+import { Hub } from '../lib/hub.js'
 import { TokenBucket } from '../lib/limits.js'
 import { MemoryBroker } from '../lib/memory-broker.js'
 import { Stats } from '../lib/metrics.js'
@@ -73,5 +73,3 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
     admitTextLog: () => textLog.take()
   })
 }, { name: 'fanout-core', fastify: '5.x' })
-
-export { CloseCode }

@@ -25,11 +25,21 @@ const COUNTERS: Array<[string, string, string]> = [
 
 const BROKER_STATES = ['connecting', 'ready', 'down', 'closed'] as const
 
+let processRegistry: Registry | undefined
+
+/** Node's process metrics: one set per process, since collecting them starts observers that never stop. */
+function processMetrics (): Registry {
+  if (!processRegistry) {
+    processRegistry = new Registry()
+    collectDefaultMetrics({ register: processRegistry })
+  }
+  return processRegistry
+}
+
 /** `/metrics` (Prometheus text) and the periodic pino `metrics` line, from the same numbers. */
 export default fp<ResolvedOptions>(async (fastify, options) => {
   const { stats, hub, broker } = fastify.fanout
   const registry = new Registry()
-  collectDefaultMetrics({ register: registry })
   for (const [key, name, help] of COUNTERS) {
     // Collected at scrape time from the plain counters the hot path bumps.
     new Counter({ name, help, registers: [registry], collect () { this.reset(); this.inc(stats.counters()[key]) } }) // eslint-disable-line no-new
@@ -53,7 +63,7 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
       for (const [name, value] of Object.entries(broker.stats())) this.set({ name }, value)
     }
   })
-  fastify.decorate('fanoutMetrics', registry)
+  fastify.decorate('fanoutMetrics', Registry.merge([processMetrics(), registry]))
 
   if (options.metricsIntervalMs > 0) {
     const timer = setInterval(() => {

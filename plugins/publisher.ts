@@ -13,6 +13,6 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
     count,
     onError: (err) => fastify.log.warn({ err: err.message }, 'guest event not published')
   })
-  // preClose: stop making events before the broker and the clients go.
+  // preClose, so no event is made once closing begins; the broker itself closes in onClose.
   fastify.addHook('preClose', async () => { await run.stop() })
 }, { name: 'fanout-publisher', dependencies: ['fanout-core'] })

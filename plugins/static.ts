@@ -8,7 +8,10 @@ import type { ResolvedOptions } from '../lib/options.js'
 /** The package's root, from source (ts) or from dist/ alike. */
 function packageRoot (): string {
   let dir = dirname(fileURLToPath(import.meta.url))
-  while (!existsSync(join(dir, 'package.json'))) dir = dirname(dir)
+  while (!existsSync(join(dir, 'package.json'))) {
+    if (dirname(dir) === dir) throw new Error('fastify-fanout: cannot find its package root for public/')
+    dir = dirname(dir)
+  }
   return dir
 }
 

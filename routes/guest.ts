@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
+import { ID_PATTERN } from '../lib/event.js'
 import { CloseCode, type Client } from '../lib/hub.js'
 import { InboundLimiter } from '../lib/limits.js'
 import { UploadError } from '../lib/uploads.js'
@@ -19,7 +20,7 @@ export default async function guestRoutes (fastify: FastifyInstance): Promise<vo
     schema: {
       querystring: {
         type: 'object',
-        properties: { since: { type: 'string', pattern: '^\\d{1,16}-\\d{1,16}$' } }
+        properties: { since: { type: 'string', pattern: ID_PATTERN.source } }
       }
     }
   }, (socket, request) => {
@@ -67,8 +68,9 @@ export function logText (fastify: FastifyInstance, request: FastifyRequest, data
     stats.textLogSuppressed++
     return
   }
-  const text = data.toString()
-  const preview = text.length > TEXT_PREVIEW ? `${text.slice(0, TEXT_PREVIEW)}…` : text
+  // Decode only what the preview can show (4 bytes a character at most), not a 10 MiB message.
+  const text = data.toString('utf8', 0, TEXT_PREVIEW * 4)
+  const preview = text.length > TEXT_PREVIEW || data.length > TEXT_PREVIEW * 4 ? `${text.slice(0, TEXT_PREVIEW)}…` : text
   request.log.info({ bytes: data.length }, 'received: %s', preview)
 }
 
