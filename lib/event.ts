@@ -19,6 +19,8 @@ export interface GuestEvent extends EventBody {
 export interface BrokerEvent {
   id: string
   data: Buffer
+  /** Its WebSocket frame, built by the hub the first time it is sent, then reused. */
+  frame?: Buffer
 }
 
 const ID_PREFIX = '{"id":"'

@@ -46,6 +46,11 @@ export class Client {
   }
 
   get open (): boolean { return this.ws.readyState === WebSocket.OPEN }
+
+  /** Whether a resumed client already got event `id` in its replay. */
+  hasSeen (id: string): boolean {
+    return this.lastId !== undefined && compareIds(id, this.lastId) <= 0
+  }
 }
 
 // ws's own framing (ws/lib/sender.js); @types/ws does not declare it.
@@ -101,14 +106,14 @@ export class Hub {
   deliver (event: BrokerEvent): void {
     const stats = this.#options.stats
     stats.eventsIn++
-    const frame = textFrame(event.data)
+    const frame = frameOf(event)
     let delivered = 0
     for (const client of this.#subscribers) {
       if (client.held) {
         client.held.push(event)
         client.heldBytes += frame.length
         if (client.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
-      } else if (client.lastId !== undefined && compareIds(event.id, client.lastId) <= 0) {
+      } else if (client.hasSeen(event.id)) {
         continue // replayed already
       } else if (this.#write(client, frame)) {
         client.lastId = undefined
@@ -157,8 +162,8 @@ export class Hub {
   async #replay (client: Client, events: BrokerEvent[]): Promise<void> {
     for (const event of events) {
       if (!client.open) return
-      if (client.lastId !== undefined && compareIds(event.id, client.lastId) <= 0) continue
-      if (this.#write(client, textFrame(event.data))) {
+      if (client.hasSeen(event.id)) continue
+      if (this.#write(client, frameOf(event))) {
         client.lastId = event.id
         this.#options.stats.deliveries++
       }
@@ -247,6 +252,12 @@ export class Hub {
     clearInterval(this.#heartbeat)
     for (const client of this.clients) client.ws.terminate()
   }
+}
+
+/** An event's frame, built once however many clients it is written to (live, held or replayed). */
+function frameOf (event: BrokerEvent): Buffer {
+  event.frame ??= textFrame(event.data)
+  return event.frame
 }
 
 /** Resolves once the client's socket has written out what it holds, or has closed. */

@@ -73,7 +73,6 @@ export class RedisBroker implements Broker {
   #canaryIntervalMs: number
   #canaryTimeoutMs: number
   #canaryTimer: NodeJS.Timeout | undefined
-  #canaryReturnedAt = 0
   /** When the oldest canary not yet heard back was sent; 0: none on its way. */
   #canaryUnansweredSince = 0
   /** When the subscriber last received anything, canary or event. */
@@ -204,9 +203,8 @@ export class RedisBroker implements Broker {
     this.#heardAt = Date.now()
     if (channel === this.#canaryChannel) {
       const sentAt = Number(message.toString())
-      this.#canaryReturnedAt = Date.now()
       this.#canaryUnansweredSince = 0
-      this.#counters.canaryRttMs = this.#canaryReturnedAt - sentAt
+      this.#counters.canaryRttMs = this.#heardAt - sentAt
       this.#setState('ready')
       return
     }
@@ -284,7 +282,7 @@ export class RedisBroker implements Broker {
    */
   #canary (): void {
     const now = Date.now()
-    const silentFor = now - Math.max(this.#canaryReturnedAt, this.#heardAt)
+    const silentFor = now - this.#heardAt
     if (this.#sub && this.#state === 'ready' && silentFor > this.#canaryTimeoutMs) {
       this.#setState('down')
     }
