@@ -12,10 +12,10 @@ import metricsRoutes from './routes/metrics.js'
 
 export type { FanoutOptions } from './lib/options.js'
 export type { Fanout } from './plugins/fanout.js'
-export type { Broker, BrokerState, History } from './lib/broker.js'
+export type { Broker, BrokerState, Gap, Replay } from './lib/broker.js'
 export type { BrokerEvent, EventBody } from './lib/event.js'
 export { MemoryBroker } from './lib/memory-broker.js'
-export { RedisBroker } from './lib/redis-broker.js'
+export { RedisBroker } from './lib/redis/broker.js'
 export { CloseCode } from './lib/hub.js'
 
 /**

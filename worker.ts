@@ -2,7 +2,7 @@ import closeWithGrace from 'close-with-grace'
 import pino from 'pino'
 import { loadEnv, type Env } from './lib/config.js'
 import { startPublisher } from './lib/publisher.js'
-import { RedisBroker } from './lib/redis-broker.js'
+import { createBroker } from './lib/create-broker.js'
 import { fail } from './lib/fail.js'
 
 /** The publisher worker: guest events on the random schedule, into Redis. */
@@ -17,13 +17,13 @@ if (!env.REDIS_URL) {
 }
 
 const log = pino({ level: env.LOG_LEVEL, base: { role: 'worker', pid: process.pid } })
-const broker = new RedisBroker({
-  url: env.REDIS_URL,
-  prefix: env.REDIS_PREFIX,
+const broker = createBroker({
+  redisUrl: env.REDIS_URL,
+  redisPrefix: env.REDIS_PREFIX,
   historySize: env.HISTORY_SIZE,
   outboxSize: env.OUTBOX_SIZE,
-  log: (level, fields, msg) => log[level](fields, msg)
-})
+  canaryIntervalMs: env.CANARY_INTERVAL_MS
+}, (level, fields, msg) => log[level](fields, msg))
 broker.onStateChange((state) => log.info({ state }, 'redis connection state changed'))
 
 const run = startPublisher({

@@ -1,65 +1,69 @@
 // The wire format of an event, in one place. An event travels as the exact JSON bytes every
-// client receives; the broker splices the id it assigned in front of the publisher's body, so no
-// replica ever parses or re-serialises an event to deliver it.
+// client receives; the broker splices the id it assigned and the history's epoch in front of the
+// publisher's body, so no replica ever parses or re-serialises an event to deliver it.
 
 export interface EventBody {
   type: string
   [field: string]: unknown
 }
 
-export interface GuestEvent extends EventBody {
-  type: 'guest'
-  id: string
-  guest: string
-  time: string
-  ts: number
-}
-
 /** One event as a broker hands it on: its id and the JSON bytes clients receive. */
 export interface BrokerEvent {
   id: string
   data: Buffer
+  /** Its position in its epoch's contiguous sequence (1, 2, …), where the broker knows it. */
+  seq?: number
+  /** The history this event belongs to (see README, "Protocol"). */
+  epoch?: string
   /** Its WebSocket frame, built by the hub the first time it is sent, then reused. */
   frame?: Buffer
 }
 
 const ID_PREFIX = '{"id":"'
+const EPOCH_PREFIX = '","epoch":"'
 
 /** Ids look like Redis stream ids, `<ms>-<seq>`; both brokers make them so they compare alike. */
 export const ID_PATTERN = /^\d{1,16}-\d{1,16}$/
 
-export function isEventId (value: string): boolean {
-  return ID_PATTERN.test(value)
-}
-
-/** Orders two event ids: negative, zero or positive, like a sort comparator. */
+/**
+ * Orders two event ids: negative, zero or positive, like a sort comparator. Compared as decimal
+ * strings, not Numbers: a forged `since` may hold more digits than a double keeps exactly.
+ */
 export function compareIds (a: string, b: string): number {
-  const [aMs, aSeq] = splitId(a)
-  const [bMs, bSeq] = splitId(b)
-  return aMs !== bMs ? Math.sign(aMs - bMs) : Math.sign(aSeq - bSeq)
+  const dashA = a.indexOf('-')
+  const dashB = b.indexOf('-')
+  return compareDecimal(a.slice(0, dashA), b.slice(0, dashB)) || compareDecimal(a.slice(dashA + 1), b.slice(dashB + 1))
 }
 
-function splitId (id: string): [number, number] {
-  const dash = id.indexOf('-')
-  return [Number(id.slice(0, dash)), Number(id.slice(dash + 1))]
+function compareDecimal (a: string, b: string): number {
+  const x = a.replace(/^0+(?=\d)/, '')
+  const y = b.replace(/^0+(?=\d)/, '')
+  if (x.length !== y.length) return Math.sign(x.length - y.length)
+  return x < y ? -1 : x > y ? 1 : 0
 }
 
-/** Serialises what a publisher hands in; the id is left to the broker. */
+/** Serialises what a publisher hands in; the id and the epoch are left to the broker. */
 export function encodeBody (body: EventBody): string {
   if (typeof body !== 'object' || body === null || typeof body.type !== 'string') {
     throw new TypeError('an event must be an object with a string "type"')
   }
-  if ('id' in body) throw new TypeError('an event\'s "id" is assigned by the broker')
+  if ('id' in body || 'epoch' in body) throw new TypeError('an event\'s "id" and "epoch" are assigned by the broker')
   return JSON.stringify(body)
 }
 
-/** `{"type":…}` + id → `{"id":"<id>","type":…}`. The Redis Lua script does the same splice. */
-export function withId (id: string, body: string): Buffer {
-  return Buffer.from(`${ID_PREFIX}${id}",${body.slice(1)}`)
+/** `{"type":…}` → `{"id":"<id>","epoch":"<epoch>","type":…}`. The Redis publish script makes the same bytes. */
+export function withId (id: string, epoch: string, body: string): Buffer {
+  return Buffer.from(`${ID_PREFIX}${id}${EPOCH_PREFIX}${epoch}",${body.slice(1)}`)
 }
 
 /** Reads the id back out of event bytes made by `withId`, without parsing the JSON. */
 export function idOf (data: Buffer): string {
   const end = data.indexOf(34, ID_PREFIX.length) // the closing quote
   return data.toString('latin1', ID_PREFIX.length, end)
+}
+
+/** Reads the epoch back out of event bytes made by `withId`. */
+export function epochOf (data: Buffer): string {
+  const start = data.indexOf(34, ID_PREFIX.length) + EPOCH_PREFIX.length
+  return data.toString('latin1', start, data.indexOf(34, start))
 }

@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net'
 import * as ws from 'ws'
 import { WebSocket } from 'ws'
-import type { History } from './broker.js'
+import type { Gap, Replay } from './broker.js'
 import { compareIds, type BrokerEvent } from './event.js'
 import type { Stats } from './metrics.js'
 
@@ -20,6 +20,8 @@ export interface HubOptions {
   maxBufferedBytes: number
   /** Ping interval; a client that has not answered the previous ping is terminated. 0: off. */
   heartbeatMs: number
+  /** Resumes replaying at once; the rest wait their turn, so a reconnect storm has a bounded cost. */
+  maxConcurrentReplays: number
   stats: Stats
 }
 
@@ -28,6 +30,8 @@ export class Client {
   /** Live events held back while this client's replay is read from history. */
   held: BrokerEvent[] | undefined
   heldBytes = 0
+  /** Waiting for a replay slot: live events are skipped, the replay will read them from history. */
+  queued = false
   alive = true
   /**
    * A resumed client's newest replayed event. The history read and live delivery travel on
@@ -76,6 +80,8 @@ export class Hub {
   /** The connections that receive broadcast events. */
   readonly #subscribers = new Set<Client>()
   #corked: Socket[] = []
+  #replaying = 0
+  #waitingToReplay: Array<() => void> = []
   #heartbeat: NodeJS.Timeout | undefined
   #options: HubOptions
 
@@ -109,7 +115,9 @@ export class Hub {
     const frame = frameOf(event)
     let delivered = 0
     for (const client of this.#subscribers) {
-      if (client.held) {
+      if (client.queued) {
+        continue
+      } else if (client.held) {
         client.held.push(event)
         client.heldBytes += frame.length
         if (client.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
@@ -124,34 +132,79 @@ export class Hub {
   }
 
   /**
-   * Replays history to a client that resumes after `since`, with no gap and no duplicate: live
-   * events are held from the moment it joined (before the history read began), the history is
-   * written, then the held events follow, skipping any the history already covered.
+   * Events the broker could not deliver and no history holds: each `fanout.v1` client connected
+   * now is told, in order with the events. Clients in the middle of a replay learn it from the
+   * replay's own `lost`.
    */
-  async resume (client: Client, since: string, read: (since: string) => Promise<History>): Promise<{ replayed: number, lost: boolean }> {
-    client.held = []
-    client.lastId = since
-    let history: History
+  deliverGap (gap: Gap): void {
+    const message = { type: 'gap', after: gap.after ?? null, lost: gap.lost, reason: gap.reason }
+    for (const client of this.#subscribers) {
+      if (client.control && !client.queued && !client.held) this.sendJson(client, message)
+    }
+  }
+
+  /**
+   * Replays history to a client that resumes after `since`, with no gap and no duplicate: live
+   * events are held from the moment its replay begins (before the history read), the history is
+   * written a page at a time, then the held events follow, skipping any the history covered.
+   * At most `maxConcurrentReplays` run at once; the others wait, skipping live events, which
+   * their replay then reads from history.
+   */
+  async resume (client: Client, since: string, open: (since: string, notBefore: number) => Promise<Replay>, epoch?: string): Promise<{ replayed: number, lost: boolean, clamped: boolean }> {
+    await this.#replaySlot(client)
     try {
-      history = await read(since)
-    } catch (err) {
-      client.held = undefined
-      client.ws.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
-      throw err
-    }
-    await this.#replay(client, history.events)
-    const replayed = history.events.length
-    this.#options.stats.replayed += replayed
-    if (client.control) this.sendJson(client, { type: 'resume', since, replayed, lost: history.lost })
-    // Live events that came while the history was written; more may come while these are.
-    while (client.held && client.held.length > 0) {
-      const held = client.held
+      if (!client.open) return { replayed: 0, lost: false, clamped: false }
       client.held = []
-      client.heldBytes = 0
-      await this.#replay(client, held)
+      client.lastId = since
+      let replayed = 0
+      let replay: Replay
+      try {
+        replay = await open(since, performance.now())
+        client.lastId = replay.from
+        for (let page = replay.first; page.length > 0 && client.open; page = await replay.next()) {
+          replayed += await this.#replay(client, page)
+        }
+      } catch (err) {
+        client.held = undefined
+        client.ws.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
+        throw err
+      }
+      // A client that names the epoch of its `since` learns of a reset even when ids cannot tell.
+      const lost = replay.lost || (epoch !== undefined && replay.epoch !== undefined && epoch !== replay.epoch)
+      this.#options.stats.replayed += replayed
+      if (client.control) {
+        this.sendJson(client, { type: 'resume', since, replayed, lost, clamped: replay.clamped, epoch: replay.epoch ?? null })
+      }
+      // Live events that came while the history was written; more may come while these are.
+      while (client.held && client.held.length > 0) {
+        const held = client.held
+        client.held = []
+        client.heldBytes = 0
+        await this.#replay(client, held)
+      }
+      client.held = undefined
+      return { replayed, lost, clamped: replay.clamped }
+    } finally {
+      this.#releaseReplaySlot()
     }
-    client.held = undefined
-    return { replayed, lost: history.lost }
+  }
+
+  async #replaySlot (client: Client): Promise<void> {
+    if (this.#replaying < this.#options.maxConcurrentReplays) {
+      this.#replaying++
+      return
+    }
+    client.queued = true
+    this.#options.stats.replaysQueued++
+    // The slot is handed over by the replay that releases it: #replaying does not change.
+    await new Promise<void>((resolve) => this.#waitingToReplay.push(resolve))
+    client.queued = false
+  }
+
+  #releaseReplaySlot (): void {
+    const next = this.#waitingToReplay.shift()
+    if (next) next()
+    else this.#replaying--
   }
 
   /**
@@ -159,16 +212,19 @@ export class Hub {
    * queued: a replay may be far larger than MAX_BUFFERED_BYTES, and written in one go it would
    * be cut off as a slow consumer however fast the client reads.
    */
-  async #replay (client: Client, events: BrokerEvent[]): Promise<void> {
+  async #replay (client: Client, events: BrokerEvent[]): Promise<number> {
+    let written = 0
     for (const event of events) {
-      if (!client.open) return
+      if (!client.open) break
       if (client.hasSeen(event.id)) continue
       if (this.#write(client, frameOf(event))) {
         client.lastId = event.id
-        this.#options.stats.deliveries++
+        written++
       }
       if (client.raw.writableLength > this.#options.maxBufferedBytes / 2) await drained(client)
     }
+    this.#options.stats.deliveries += written
+    return written
   }
 
   /** A message for one client only (control messages, /ask answers), in order with events. */

@@ -1,19 +1,32 @@
+import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import type { Broker, BrokerState, History } from './broker.js'
+import type { Broker, BrokerListener, BrokerState, Replay } from './broker.js'
 import { compareIds, encodeBody, withId, type BrokerEvent, type EventBody } from './event.js'
+
+const PAGE = 500
+
+/** A fresh history's name: 8 characters, unlikely ever to repeat. */
+export function newEpoch (): string {
+  return randomBytes(6).toString('base64url')
+}
 
 /**
  * The embedded broker: one process, a bounded ring of history, ids shaped like Redis stream ids
- * (`<ms>-<seq>`). A product component for single-instance use, not a test double.
+ * (`<ms>-<seq>`). Its history lives as long as the process: each start is a new epoch. A product
+ * component for single-instance use, not a test double.
  */
 export class MemoryBroker implements Broker {
   readonly kind = 'memory'
+  readonly synced = true
+  readonly epoch = newEpoch()
   #state: BrokerState = 'ready'
   #ring: BrokerEvent[] = []
   #lastMs = 0
+  #idSeq = 0
   #seq = 0
+  #firstId: string | undefined
   #lastTrimmedId: string | undefined
-  #listener: ((event: BrokerEvent) => void) | undefined
+  #listener: BrokerListener | undefined
   #events = new EventEmitter()
 
   constructor (readonly historySize: number) {}
@@ -23,7 +36,8 @@ export class MemoryBroker implements Broker {
   async publish (body: EventBody): Promise<string> {
     if (this.#state === 'closed') throw new Error('broker is closed')
     const id = this.#nextId()
-    const event = { id, data: withId(id, encodeBody(body)) }
+    const event: BrokerEvent = { id, data: withId(id, this.epoch, encodeBody(body)), seq: ++this.#seq, epoch: this.epoch }
+    this.#firstId ??= id
     this.#ring.push(event)
     if (this.#ring.length > this.historySize) this.#lastTrimmedId = this.#ring.shift()?.id
     // Delivered on a later tick, as a network broker would: a publisher never runs inside the hub.
@@ -31,22 +45,35 @@ export class MemoryBroker implements Broker {
     return id
   }
 
-  async subscribe (listener: (event: BrokerEvent) => void): Promise<void> {
+  async subscribe (listener: BrokerListener): Promise<void> {
     this.#listener = listener
   }
 
-  async history (sinceId: string): Promise<History> {
+  async history (since: string): Promise<Replay> {
     const ring = this.#ring
-    // Binary search for the first event after sinceId; the ring is in id order.
-    let lo = 0
-    let hi = ring.length
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1
-      if (compareIds(ring[mid].id, sinceId) <= 0) lo = mid + 1
-      else hi = mid
+    const newest = ring.at(-1)?.id
+    const clamped = newest === undefined ? since !== '0-0' : compareIds(since, newest) > 0
+    const from = clamped ? newest ?? '0-0' : since
+    // An id from before this process's first event belongs to an earlier run: what followed it is gone.
+    const earlierEpoch = since !== '0-0' && (this.#firstId === undefined || compareIds(since, this.#firstId) < 0)
+    let after = from
+    const replay = {
+      first: [] as BrokerEvent[],
+      from,
+      lost: earlierEpoch,
+      clamped,
+      epoch: this.epoch,
+      next: async (): Promise<BrokerEvent[]> => {
+        // Trimmed past where this replay stands: the events in between are gone.
+        if (this.#lastTrimmedId !== undefined && compareIds(after, this.#lastTrimmedId) < 0) replay.lost = true
+        const at = firstAfter(this.#ring, after)
+        const page = this.#ring.slice(at, at + PAGE)
+        if (page.length > 0) after = page[page.length - 1].id
+        return page
+      }
     }
-    const lost = this.#lastTrimmedId !== undefined && compareIds(sinceId, this.#lastTrimmedId) < 0
-    return { events: ring.slice(lo), lost }
+    replay.first = await replay.next()
+    return replay
   }
 
   onStateChange (listener: (state: BrokerState) => void): void {
@@ -67,10 +94,22 @@ export class MemoryBroker implements Broker {
     const now = Date.now()
     if (now > this.#lastMs) {
       this.#lastMs = now
-      this.#seq = 0
+      this.#idSeq = 0
     } else {
-      this.#seq++
+      this.#idSeq++
     }
-    return `${this.#lastMs}-${this.#seq}`
+    return `${this.#lastMs}-${this.#idSeq}`
   }
+}
+
+/** The index of the first event after `id`; the ring is in id order. */
+function firstAfter (ring: BrokerEvent[], id: string): number {
+  let lo = 0
+  let hi = ring.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (compareIds(ring[mid].id, id) <= 0) lo = mid + 1
+    else hi = mid
+  }
+  return lo
 }

@@ -8,6 +8,7 @@ export class Stats {
   eventsIn = 0
   deliveries = 0
   replayed = 0
+  replaysQueued = 0
   slowConsumerDrops = 0
   heartbeatTimeouts = 0
   rateLimited = 0
@@ -36,8 +37,8 @@ export class Stats {
   close (): void { this.#loopDelay.disable() }
 
   counters (): Record<string, number> {
-    const { eventsIn, deliveries, replayed, slowConsumerDrops, heartbeatTimeouts, rateLimited, handshakesRefused, textMessages, textLogSuppressed, uploads, uploadBytes, uploadErrors } = this
-    return { eventsIn, deliveries, replayed, slowConsumerDrops, heartbeatTimeouts, rateLimited, handshakesRefused, textMessages, textLogSuppressed, uploads, uploadBytes, uploadErrors }
+    const { eventsIn, deliveries, replayed, replaysQueued, slowConsumerDrops, heartbeatTimeouts, rateLimited, handshakesRefused, textMessages, textLogSuppressed, uploads, uploadBytes, uploadErrors } = this
+    return { eventsIn, deliveries, replayed, replaysQueued, slowConsumerDrops, heartbeatTimeouts, rateLimited, handshakesRefused, textMessages, textLogSuppressed, uploads, uploadBytes, uploadErrors }
   }
 }
 

@@ -17,6 +17,7 @@ export const DEFAULTS = {
   drainMs: 5000,
   maxConnections: 10_000,
   maxBufferedBytes: 1024 * 1024,
+  maxConcurrentReplays: 32,
   rateMessagesPerSec: 50,
   rateBytesPerSec: 16 * 1024 * 1024,
   textLogPerSec: 20,
@@ -55,6 +56,8 @@ export interface FanoutOptions {
   drainMs?: number
   maxConnections?: number
   maxBufferedBytes?: number
+  /** Resumes replayed at once per replica; more wait their turn. */
+  maxConcurrentReplays?: number
   rateMessagesPerSec?: number
   rateBytesPerSec?: number
   textLogPerSec?: number

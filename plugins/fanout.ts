@@ -1,12 +1,11 @@
 import fp from 'fastify-plugin'
 import type { Broker } from '../lib/broker.js'
+import { createBroker } from '../lib/create-broker.js'
 import type { EventBody } from '../lib/event.js'
 import { Hub } from '../lib/hub.js'
 import { TokenBucket } from '../lib/limits.js'
-import { MemoryBroker } from '../lib/memory-broker.js'
 import { Stats } from '../lib/metrics.js'
 import type { ResolvedOptions } from '../lib/options.js'
-import { RedisBroker } from '../lib/redis-broker.js'
 import { UploadStore } from '../lib/uploads.js'
 
 /** What the plugin adds to a Fastify instance as `fastify.fanout`. */
@@ -34,17 +33,13 @@ declare module 'fastify' {
 export default fp<ResolvedOptions>(async (fastify, options) => {
   const stats = new Stats()
   const ownsBroker = !options.broker
-  const broker = options.broker ?? (options.redisUrl
-    ? new RedisBroker({
-      url: options.redisUrl,
-      prefix: options.redisPrefix,
-      historySize: options.historySize,
-      outboxSize: options.outboxSize,
-      canaryIntervalMs: options.canaryIntervalMs,
-      log: (level, fields, msg) => fastify.log[level](fields, msg)
-    })
-    : new MemoryBroker(options.historySize))
-  const hub = new Hub({ maxBufferedBytes: options.maxBufferedBytes, heartbeatMs: options.heartbeatMs, stats })
+  const broker = options.broker ?? createBroker(options, (level, fields, msg) => fastify.log[level](fields, msg))
+  const hub = new Hub({
+    maxBufferedBytes: options.maxBufferedBytes,
+    heartbeatMs: options.heartbeatMs,
+    maxConcurrentReplays: options.maxConcurrentReplays,
+    stats
+  })
   const uploads = new UploadStore({ dir: options.uploadDir, minFreeBytes: options.uploadMinFreeBytes })
   const textLog = new TokenBucket(options.textLogPerSec, options.textLogPerSec)
 
@@ -55,7 +50,7 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
   })
   await uploads.init()
   broker.onStateChange((state) => fastify.log.info({ broker: broker.kind, state }, 'broker state changed'))
-  await broker.subscribe((event) => hub.deliver(event))
+  await broker.subscribe((event) => hub.deliver(event), (gap) => hub.deliverGap(gap))
 
   fastify.decorate('fanout', {
     publish: (body: EventBody) => broker.publish(body),

@@ -12,6 +12,7 @@ const COUNTERS: Array<[string, string, string]> = [
   ['eventsIn', 'fanout_events_in_total', 'Events this replica received from the broker'],
   ['deliveries', 'fanout_deliveries_total', 'Event frames written to clients, replays included'],
   ['replayed', 'fanout_replayed_total', 'Events replayed from history to resuming clients'],
+  ['replaysQueued', 'fanout_replays_queued_total', 'Resumes that waited for a replay slot'],
   ['slowConsumerDrops', 'fanout_slow_consumer_drops_total', 'Clients cut off for not reading'],
   ['heartbeatTimeouts', 'fanout_heartbeat_timeouts_total', 'Clients terminated for missing a ping'],
   ['rateLimited', 'fanout_rate_limited_total', 'Clients closed for exceeding the inbound rate'],
@@ -56,7 +57,7 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
   })
   new Gauge({ // eslint-disable-line no-new
     name: 'fanout_broker_stat',
-    help: 'Broker numbers: canaryRttMs (-1: none yet), outboxLength, outboxDropped, repairs, repairedEvents',
+    help: 'Broker numbers (README, "Metrics"): canaryRttMs (-1: none yet), outboxLength, commandErrors, repairs, epochChanges, gapsReported, …',
     labelNames: ['name'],
     registers: [registry],
     collect () {

@@ -8,11 +8,17 @@ import { TOKEN_PROTOCOL_PREFIX } from '../plugins/websocket.js'
  * HTTP answer (403 foreign origin, 503 at capacity) and never a socket.
  */
 export async function admitUpgrade (this: import('fastify').FastifyInstance, request: FastifyRequest, reply: FastifyReply): Promise<void> {
-  const { hub, options, stats } = this.fanout
+  const { hub, broker, options, stats } = this.fanout
   if (!originAllowed(request.headers.origin, request.headers.host, options.allowedOrigins)) {
     stats.handshakesRefused++
     request.log.warn({ origin: request.headers.origin }, 'websocket refused: origin not allowed')
     return reply.code(403).send({ error: 'origin not allowed', origin: request.headers.origin })
+  }
+  if (!broker.synced) {
+    // Never reached Redis yet: it has no place in the stream to deliver from (README, "Readiness").
+    stats.handshakesRefused++
+    request.log.warn('websocket refused: the broker has not reached Redis yet')
+    return reply.code(503).header('retry-after', '2').send({ error: 'not connected to the broker yet, try again shortly' })
   }
   if (hub.size >= options.maxConnections) {
     stats.handshakesRefused++

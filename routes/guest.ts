@@ -14,13 +14,16 @@ const CLOSE_GRACE_MS = 1000
 export default async function guestRoutes (fastify: FastifyInstance): Promise<void> {
   const { hub, broker, options } = fastify.fanout
 
-  fastify.get<{ Querystring: { since?: string } }>(options.guestPath, {
+  fastify.get<{ Querystring: { since?: string, epoch?: string } }>(options.guestPath, {
     websocket: true,
     onRequest: admitUpgrade,
     schema: {
       querystring: {
         type: 'object',
-        properties: { since: { type: 'string', pattern: ID_PATTERN.source } }
+        properties: {
+          since: { type: 'string', pattern: ID_PATTERN.source },
+          epoch: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,32}$' }
+        }
       }
     }
   }, (socket, request) => {
@@ -30,10 +33,10 @@ export default async function guestRoutes (fastify: FastifyInstance): Promise<vo
       if (isBinary) saveUpload(fastify, client, request, data)
       else logText(fastify, request, data)
     })
-    const since = request.query.since
+    const { since, epoch } = request.query
     if (since !== undefined) {
-      hub.resume(client, since, (id) => broker.history(id)).then(
-        ({ replayed, lost }) => request.log.info({ since, replayed, lost }, 'resumed'),
+      hub.resume(client, since, (id, notBefore) => broker.history(id, notBefore), epoch).then(
+        ({ replayed, lost, clamped }) => request.log.info({ since, replayed, lost, clamped }, 'resumed'),
         (err: Error) => request.log.warn({ since, err: err.message }, 'resume failed: history unavailable'))
     }
   })

@@ -49,7 +49,7 @@ t.test('nothing lost through killed subscribers, a Redis restart and a replica c
   t.equal(await redis.cli('CLIENT', 'KILL', 'TYPE', 'pubsub'), '3', 'every replica\'s subscriber connection killed inside Redis')
 
   await everyoneHas(70)
-  const lastBeforeRestart = (await redis.cli('XREVRANGE', 'fanout:events', '+', '-', 'COUNT', '1')).split('\n')[0]
+  const lastBeforeRestart = (await redis.cli('XREVRANGE', 'fanout:{guest}:events', '+', '-', 'COUNT', '1')).split('\n')[0]
   await redis.stop('SIGKILL')
   await redis.start() // same port, same dir, AOF
   await waitFor(async () => (await Promise.all(replicas.map((r) => httpStatus(`${r.url}/readyz`)))).every((s) => s === 200), 15_000, 'replicas ready again')

@@ -99,7 +99,7 @@ t.test('?since= replays exactly the missed events, then live ones', async (t) =>
     t.same(client.events().map((e) => e.id), expected, 'no gap, no duplicate')
   }
   t.same(control.events()[0].guest, `李${k}`)
-  t.same(control.json('resume'), [{ type: 'resume', since: ids[k - 1], replayed: 10 - k, lost: false }])
+  t.same(control.json('resume'), [{ type: 'resume', since: ids[k - 1], replayed: 10 - k, lost: false, clamped: false, epoch: control.events()[0].epoch }])
   t.same(plain.json().map((m) => m.type), expected.map(() => 'guest'), 'a plain client gets only events')
   t.equal(plain.messages.length, expected.length)
 })
@@ -110,7 +110,7 @@ t.test('?since= beyond the history says what was lost', async (t) => {
   for (let i = 0; i < 6; i++) ids.push(await app.fanout.publish({ type: 'guest', guest: '王芳', time: '12:00:00', ts: Date.now() }))
   const client = await connect(t, `${ws}/guest?since=${ids[0]}`, { protocols: ['fanout.v1'] })
   await client.until((c) => c.json('resume').length === 1)
-  t.same(client.json('resume')[0], { type: 'resume', since: ids[0], replayed: 3, lost: true })
+  t.same(client.json('resume')[0], { type: 'resume', since: ids[0], replayed: 3, lost: true, clamped: false, epoch: client.events()[0].epoch })
   t.same(client.events().map((e) => e.id), ids.slice(3))
 })
 

@@ -101,7 +101,7 @@ export class TestClient {
     return type === undefined ? parsed : parsed.filter((m) => m.type === type)
   }
 
-  events (): Array<{ id: string, guest: string, time: string, ts: number, type: string }> {
+  events (): Array<{ id: string, epoch: string, guest: string, time: string, ts: number, type: string }> {
     return this.json('guest') as never
   }
 
@@ -232,7 +232,7 @@ export async function startRedis (t: Tap, options: { aof?: boolean } = {}): Prom
 }
 
 /** One entry of a Redis history stream, as the broker's Lua script wrote it. */
-export interface StreamEntry { id: string, seq: number, body: string }
+export interface StreamEntry { id: string, seq: number, epoch: string, body: string }
 
 /** Every entry of the history stream under `prefix`, oldest first (an empty list if it is absent). */
 export async function streamEntries (url: string, prefix = 'fanout:'): Promise<StreamEntry[]> {
@@ -240,10 +240,10 @@ export async function streamEntries (url: string, prefix = 'fanout:'): Promise<S
   const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 })
   try {
     await redis.connect()
-    const entries = await redis.xrange(`${prefix}events`, '-', '+')
+    const entries = await redis.xrange(`${prefix}{guest}:events`, '-', '+')
     return entries.map(([id, fields]) => {
       const field = (name: string) => fields[fields.indexOf(name) + 1]
-      return { id, seq: Number(field('seq')), body: field('body') }
+      return { id, seq: Number(field('seq')), epoch: field('epoch'), body: field('body') }
     })
   } finally {
     redis.disconnect()

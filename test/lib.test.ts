@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { ConfigError, loadEnv, optionsFromEnv } from '../lib/config.js'
-import { compareIds, encodeBody, idOf, isEventId, withId } from '../lib/event.js'
+import { compareIds, encodeBody, epochOf, ID_PATTERN, idOf, withId } from '../lib/event.js'
 import { clockTime, makeGuest, nextDelay } from '../lib/guests.js'
 import { MemoryBroker } from '../lib/memory-broker.js'
 import { originAllowed } from '../lib/origins.js'
@@ -59,21 +59,26 @@ t.test('makeGuest: the event the seed sends, plus type and ts', async (t) => {
 })
 
 t.test('event ids and bytes', async (t) => {
-  t.ok(isEventId('1764082000000-0'))
-  t.notOk(isEventId('abc'))
-  t.notOk(isEventId('1-2-3'))
+  t.ok(ID_PATTERN.test('1764082000000-0'))
+  t.notOk(ID_PATTERN.test('abc'))
+  t.notOk(ID_PATTERN.test('1-2-3'))
   t.ok(compareIds('1-0', '2-0') < 0)
   t.ok(compareIds('2-0', '1-5') > 0)
   t.ok(compareIds('5-2', '5-10') < 0, 'sequence compared as a number, not as text')
   t.ok(compareIds('99-0', '100-0') < 0, 'ms compared as a number, not as text')
   t.equal(compareIds('7-3', '7-3'), 0)
+  t.ok(compareIds('9007199254740993-0', '9007199254740992-0') > 0, 'beyond 2^53: still exact')
+  t.ok(compareIds('1764082000000-9999999999999999', '1764082000001-0') < 0)
+  t.equal(compareIds('007-1', '7-1'), 0, 'leading zeros do not count')
 
   const body = encodeBody({ type: 'guest', guest: '张伟', time: '15:26:01', ts: 1 })
-  const data = withId('1764082000000-3', body)
+  const data = withId('1764082000000-3', 'e9Pq_2-x', body)
   t.equal(idOf(data), '1764082000000-3')
-  t.same(JSON.parse(data.toString()), { id: '1764082000000-3', type: 'guest', guest: '张伟', time: '15:26:01', ts: 1 })
+  t.equal(epochOf(data), 'e9Pq_2-x')
+  t.same(JSON.parse(data.toString()), { id: '1764082000000-3', epoch: 'e9Pq_2-x', type: 'guest', guest: '张伟', time: '15:26:01', ts: 1 })
 
   t.throws(() => encodeBody({ type: 'guest', id: 'mine' }), TypeError, 'the id is the broker\'s')
+  t.throws(() => encodeBody({ type: 'guest', epoch: 'mine' }), TypeError, 'the epoch is the broker\'s')
   t.throws(() => encodeBody({ guest: '张伟' } as never), TypeError, 'type is required')
   t.throws(() => encodeBody({ type: 3 } as never), TypeError, 'type is a string')
   t.throws(() => encodeBody(null as never), TypeError)
@@ -95,23 +100,23 @@ t.test('MemoryBroker: ids, delivery, history', async (t) => {
 
   t.equal(broker.stats().historyLength, 5, 'the ring keeps historySize events')
   const all = await broker.history('0-0')
-  t.same(all.events.map((e) => e.id), ids.slice(3), 'the oldest were trimmed')
+  t.same(all.first.map((e) => e.id), ids.slice(3), 'the oldest were trimmed')
   t.equal(all.lost, true, 'events after 0-0 were trimmed')
 
   const sinceTrimmed = await broker.history(ids[2])
-  t.same(sinceTrimmed.events.map((e) => e.id), ids.slice(3))
+  t.same(sinceTrimmed.first.map((e) => e.id), ids.slice(3))
   t.equal(sinceTrimmed.lost, false, 'since the last trimmed id: nothing after it is missing')
 
   const sinceOlder = await broker.history(ids[1])
   t.equal(sinceOlder.lost, true, 'ids[2] is after since and gone')
 
   const recent = await broker.history(ids[5])
-  t.same(recent.events.map((e) => e.id), ids.slice(6))
+  t.same(recent.first.map((e) => e.id), ids.slice(6))
   t.equal(recent.lost, false)
-  t.same(JSON.parse(recent.events[0].data.toString()), { id: ids[6], type: 'guest', n: 6 })
+  t.same(JSON.parse(recent.first[0].data.toString()), { id: ids[6], epoch: broker.epoch, type: 'guest', n: 6 })
 
   const latest = await broker.history(ids[7])
-  t.same(latest.events, [], 'nothing after the newest')
+  t.same(latest.first, [], 'nothing after the newest')
   t.equal(latest.lost, false)
 
   await broker.close()
@@ -125,9 +130,31 @@ t.test('MemoryBroker: nothing lost while the history still holds everything', as
   const ids = []
   for (let i = 0; i < 10; i++) ids.push(await broker.publish({ type: 'guest', n: i }))
   const history = await broker.history('0-0')
-  t.same(history.events.map((e) => e.id), ids)
+  t.same(history.first.map((e) => e.id), ids)
   t.equal(history.lost, false)
-  t.same((await broker.history(ids[3])).events.map((e) => e.id), ids.slice(4))
+  t.same((await broker.history(ids[3])).first.map((e) => e.id), ids.slice(4))
+})
+
+t.test('MemoryBroker: a since ahead of the history, from an earlier run, or huge', async (t) => {
+  const broker = new MemoryBroker(100)
+  t.teardown(() => broker.close())
+  const empty = await broker.history('0-0')
+  t.same({ first: empty.first, lost: empty.lost, clamped: empty.clamped }, { first: [], lost: false, clamped: false }, '0-0 on an empty history: nothing missing')
+  const beforeAnything = await broker.history('1764082000000-4')
+  t.same({ lost: beforeAnything.lost, clamped: beforeAnything.clamped }, { lost: true, clamped: true }, 'a position in an empty history came from another run')
+
+  const ids = []
+  for (let i = 0; i < 5; i++) ids.push(await broker.publish({ type: 'guest', n: i }))
+  const ahead = await broker.history(`${Number(ids[4].split('-')[0]) + 3_600_000}-0`)
+  t.same({ first: ahead.first, from: ahead.from, lost: ahead.lost, clamped: ahead.clamped }, { first: [], from: ids[4], lost: false, clamped: true },
+    'an hour ahead: clamped to the newest, so the next live event is not skipped')
+  const huge = await broker.history('9999999999999999-9999999999999999')
+  t.same({ from: huge.from, clamped: huge.clamped }, { from: ids[4], clamped: true }, 'more digits than a double holds: still ahead')
+  const earlier = await broker.history('1000-0')
+  t.same({ ids: earlier.first.map((e) => e.id), lost: earlier.lost }, { ids, lost: true }, 'an id from before this run: everything, and lost')
+  t.equal(earlier.epoch, broker.epoch)
+  t.ok(earlier.first.every((e) => JSON.parse(e.data.toString()).epoch === broker.epoch), 'every event names its epoch')
+  t.not(new MemoryBroker(1).epoch, broker.epoch, 'each broker is a new epoch')
 })
 
 t.test('UploadStore: server-chosen names, type from content, no execute bits', async (t) => {

@@ -50,7 +50,7 @@ t.test('a replica with REDIS_URL and no worker publishes nothing (PUBLISHER is o
   // With these delays an in-process publisher would have sent dozens of events by now.
   await sleep(1000)
   t.equal(client.events().length, 0, 'no event delivered')
-  t.equal(await redis.cli('EXISTS', 'fanout:events'), '0', 'nothing written to the history stream')
+  t.equal(await redis.cli('EXISTS', 'fanout:{guest}:events'), '0', 'nothing written to the history stream')
   t.equal(await httpStatus(`${server.url}/readyz`), 200, 'while the replica is ready (its canary goes round)')
 })
 

@@ -1,0 +1,176 @@
+import { randomUUID } from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import { Redis, type RedisOptions } from 'ioredis'
+import type { Broker, BrokerListener, BrokerState, Gap, Replay } from '../broker.js'
+import type { EventBody } from '../event.js'
+import { Canary } from './canary.js'
+import { HistoryReader, type HistoryConnection } from './history.js'
+import { Outbox, type PublishingConnection } from './outbox.js'
+import { retryDelay } from './retry.js'
+import { PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys, type StreamKeys } from './stream.js'
+import { Subscription, type SubscriptionConnection } from './subscription.js'
+import { brokerLog, newCounters, type BrokerLog, type LogFn } from './types.js'
+
+export interface RedisBrokerOptions {
+  url: string
+  /** Prefix of every key and channel [fanout:]. */
+  prefix: string
+  /** Events kept in the history stream (`XADD … MAXLEN ~`). */
+  historySize: number
+  /** Events a publisher holds while Redis is unreachable; beyond it the oldest are dropped. */
+  outboxSize: number
+  /** How often the canary goes round; 3 intervals late and the broker counts as down. */
+  canaryIntervalMs: number
+  /** Called for what an operator should see: drops, repairs, reconnects. */
+  log?: LogFn
+}
+
+type CommandConnection = Redis & PublishingConnection & HistoryConnection & SubscriptionConnection
+
+/**
+ * Redis fan-out, from its parts: the outbox publishes (exactly once, in order), the subscription
+ * delivers (in order, repaired from history), the canary proves delivery, the history reader
+ * serves resumes. One command connection for all of them, and once subscribed one subscriber.
+ */
+export class RedisBroker implements Broker {
+  readonly kind = 'redis'
+  readonly keys: StreamKeys
+  readonly #options: RedisBrokerOptions
+  readonly #cmd: CommandConnection
+  #sub: Redis | undefined
+  #state: BrokerState = 'connecting'
+  readonly #events = new EventEmitter()
+  readonly #counters = newCounters()
+  readonly #log: BrokerLog
+  readonly #outbox: Outbox
+  readonly #history: HistoryReader
+  #subscription: Subscription | undefined
+  #canary: Canary | undefined
+  #closing = false
+
+  constructor (options: RedisBrokerOptions) {
+    this.#options = options
+    this.keys = streamKeys(options.prefix)
+    this.#log = brokerLog(options.log ?? (() => {}), this.#counters)
+    this.#cmd = new Redis(options.url, {
+      ...connectionOptions('command'),
+      // Fail fast while disconnected: the outbox, not ioredis, holds what waits for Redis.
+      enableOfflineQueue: false
+    }) as CommandConnection
+    this.#cmd.defineCommand('fanoutPublish', { numberOfKeys: 4, lua: PUBLISH_SCRIPT })
+    this.#cmd.defineCommand('fanoutReplayStart', { numberOfKeys: 2, lua: REPLAY_START_SCRIPT })
+    this.#cmd.on('ready', () => {
+      if (!this.#sub) this.#setState('ready')
+      this.#outbox.flush()
+    })
+    this.#cmd.on('close', () => { if (!this.#sub) this.#setState('down') })
+    this.#cmd.on('error', (err) => this.#log.warn('command-connection', { err: err.message }, 'redis command connection error'))
+    const cmd = () => this.#cmd
+    this.#outbox = new Outbox(cmd, this.keys, {
+      historySize: options.historySize,
+      outboxSize: options.outboxSize,
+      publishCommand: 'PUBLISH',
+      fenceToken: () => ''
+    }, this.#counters, this.#log)
+    this.#history = new HistoryReader(cmd, this.keys)
+  }
+
+  get state (): BrokerState { return this.#state }
+  get synced (): boolean { return this.#subscription?.synced ?? false }
+
+  publish (body: EventBody): Promise<string> {
+    return this.#outbox.publish(body)
+  }
+
+  async subscribe (listener: BrokerListener, onGap: (gap: Gap) => void = () => {}): Promise<void> {
+    const subscription = new Subscription(() => this.#cmd, this.keys, listener, onGap, this.#counters, this.#log)
+    this.#subscription = subscription
+    const canaryChannel = this.keys.canary(randomUUID())
+    const sub = new Redis(this.#options.url, { ...connectionOptions('subscriber'), autoResubscribe: false })
+    this.#sub = sub
+    this.#setState('connecting')
+    const canary = new Canary({
+      channel: canaryChannel,
+      publishCommand: 'PUBLISH',
+      intervalMs: this.#options.canaryIntervalMs,
+      timeoutMs: 3 * this.#options.canaryIntervalMs
+    }, {
+      command: () => this.#cmd,
+      subscriber: () => this.#sub,
+      state: () => this.#state,
+      setState: (state) => this.#setState(state),
+      counters: this.#counters,
+      log: this.#log
+    })
+    this.#canary = canary
+    sub.on('error', (err) => this.#log.warn('subscriber-connection', { err: err.message }, 'redis subscriber connection error'))
+    sub.on('close', () => { if (!this.#closed()) this.#setState('down') })
+    const canaryName = Buffer.from(canaryChannel)
+    sub.on('messageBuffer', (channel: Buffer, message: Buffer) => {
+      if (channel.equals(canaryName)) {
+        canary.heard(Number(message.toString()))
+      } else {
+        canary.heard()
+        subscription.onMessage(message)
+      }
+    })
+    // Subscribing ourselves on every `ready` (not ioredis' autoResubscribe) lets the repair start
+    // only once the subscription stands, so nothing falls between the two.
+    sub.on('ready', () => {
+      sub.subscribe(this.keys.channel, canaryChannel).then(() => {
+        canary.resubscribed()
+        canary.tick()
+        return subscription.onSubscribed()
+      }).catch((err: Error) => this.#log.warn('subscribe', { err: err.message }, 'subscribing failed; retrying on reconnect'))
+    })
+    canary.start()
+  }
+
+  history (since: string, notBefore: number): Promise<Replay> {
+    return this.#history.replay(since, notBefore)
+  }
+
+  onStateChange (listener: (state: BrokerState) => void): void {
+    this.#events.on('state', listener)
+  }
+
+  stats (): Record<string, number> {
+    return { ...this.#counters, outboxLength: this.#outbox.length }
+  }
+
+  async close (): Promise<void> {
+    if (this.#closing) return
+    this.#closing = true
+    this.#canary?.stop()
+    this.#subscription?.close()
+    await this.#outbox.close()
+    this.#setState('closed')
+    await Promise.all([quit(this.#sub), quit(this.#cmd)])
+  }
+
+  #closed (): boolean { return this.#state === 'closed' }
+
+  #setState (state: BrokerState): void {
+    if (this.#state === state || this.#state === 'closed') return
+    this.#state = state
+    this.#events.emit('state', state)
+  }
+}
+
+function connectionOptions (name: string): RedisOptions {
+  return {
+    connectionName: `fanout-${name}`,
+    maxRetriesPerRequest: null,
+    retryStrategy: (times) => 50 + retryDelay(times, 2000)
+  }
+}
+
+async function quit (client: Redis | undefined): Promise<void> {
+  if (!client) return
+  try {
+    if (client.status === 'ready') await client.quit()
+    else client.disconnect()
+  } catch {
+    client.disconnect()
+  }
+}

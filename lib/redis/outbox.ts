@@ -1,0 +1,159 @@
+import { randomUUID } from 'node:crypto'
+import { compareIds, encodeBody, type EventBody } from '../event.js'
+import { newEpoch } from '../memory-broker.js'
+import { delay, retryDelay } from './retry.js'
+import type { StreamKeys } from './stream.js'
+import type { BrokerLog, RedisCounters } from './types.js'
+
+/** The connection the outbox publishes through: the publish script defined as a command. */
+export interface PublishingConnection {
+  readonly status: string
+  pipeline (): PublishingPipeline
+}
+
+export interface PublishingPipeline {
+  fanoutPublish (events: string, meta: string, publisher: string, lease: string,
+    body: string, maxLen: number, channel: string, command: string, counter: number, floor: string, epoch: string, token: string): unknown
+  exec (): Promise<Array<[Error | null, unknown]> | null>
+}
+
+export interface OutboxOptions {
+  historySize: number
+  /** Events held while Redis is unreachable or refusing; beyond it the oldest unsent are dropped. */
+  outboxSize: number
+  /** PUBLISH, or SPUBLISH on a Redis Cluster. */
+  publishCommand: string
+  /** The lease token to fence each publish with; '' publishes unfenced. */
+  fenceToken: () => string
+}
+
+interface Item {
+  body: string
+  /** This publisher's number for the event, given when it is first sent and kept for retries. */
+  counter?: number
+  resolve: (id: string) => void
+  reject: (err: Error) => void
+}
+
+const BATCH = 256
+
+/**
+ * A publisher's queue into Redis, exactly once and in order. Events are sent in pipelined
+ * batches and each reply is handled on its own: what Redis confirmed leaves the queue, what it
+ * refused stays and is sent again after a backoff under the same counter, so a retry of an event
+ * Redis already ran returns its id instead of making a second one (see PUBLISH_SCRIPT).
+ */
+export class Outbox {
+  readonly publisherId = randomUUID()
+  #items: Item[] = []
+  #counter = 0
+  /** The newest id Redis gave this publisher: every later id must be above it. */
+  #floor = '0-0'
+  #flushing = false
+  #closed = false
+
+  constructor (
+    private readonly redis: () => PublishingConnection,
+    private readonly keys: StreamKeys,
+    private readonly options: OutboxOptions,
+    private readonly counters: RedisCounters,
+    private readonly log: BrokerLog
+  ) {}
+
+  get length (): number { return this.#items.length }
+
+  publish (body: EventBody): Promise<string> {
+    if (this.#closed) return Promise.reject(new Error('broker is closed'))
+    const encoded = encodeBody(body)
+    return new Promise((resolve, reject) => {
+      this.#items.push({ body: encoded, resolve, reject })
+      if (this.#items.length > this.options.outboxSize) this.#dropOldestUnsent()
+      this.flush()
+    })
+  }
+
+  /** Sends the queue in order, in pipelined batches; waits out outages and refusals with backoff. */
+  async flush (): Promise<void> {
+    if (this.#flushing) return
+    this.#flushing = true
+    let attempt = 0
+    try {
+      while (this.#items.length > 0 && !this.#closed) {
+        if (this.redis().status !== 'ready') {
+          await delay(retryDelay(attempt++))
+          continue
+        }
+        const refused = await this.#send(this.#items.slice(0, Math.min(BATCH, this.options.outboxSize)))
+        if (refused) await delay(retryDelay(attempt++))
+        else attempt = 0
+      }
+    } finally {
+      this.#flushing = false
+    }
+  }
+
+  /** One pipelined batch; true when Redis did not confirm all of it. */
+  async #send (batch: Item[]): Promise<boolean> {
+    const pipeline = this.redis().pipeline()
+    const k = this.keys
+    const lease = this.options.fenceToken()
+    for (const item of batch) {
+      item.counter ??= ++this.#counter
+      pipeline.fanoutPublish(k.events, k.meta, k.publisher(this.publisherId), k.lease, item.body, this.options.historySize,
+        k.channel, this.options.publishCommand, item.counter, this.#floor, newEpoch(), lease)
+    }
+    const replies = await pipeline.exec().catch((err: Error) => batch.map((): [Error, null] => [err, null]))
+    const confirmed = new Set<Item>()
+    let refusal: Error | undefined
+    batch.forEach((item, i) => {
+      const [err, id] = replies?.[i] ?? [new Error('no reply'), null]
+      if (err) {
+        refusal ??= err
+        return
+      }
+      confirmed.add(item)
+      this.counters.published++
+      if (compareIds(String(id), this.#floor) > 0) this.#floor = String(id)
+      item.resolve(String(id))
+    })
+    if (confirmed.size > 0) this.#items = this.#items.filter((item) => !confirmed.has(item))
+    if (refusal) this.#refused(refusal, batch.length - confirmed.size)
+    return refusal !== undefined
+  }
+
+  /**
+   * Every refused call is counted; the first of a batch is logged (rate-limited): the rest of the
+   * batch were refused for following it (ORDER) or for the same reason.
+   */
+  #refused (err: Error, count: number): void {
+    this.counters.commandErrors += count
+    const kind = /^[A-Z]+/.exec(err.message)?.[0] ?? 'ERR'
+    this.log.warn(`publish-${kind}`, { err: err.message, refused: count, outboxLength: this.#items.length },
+      'redis refused a publish: kept in the outbox and retried')
+    if (kind === 'STALE') {
+      // Older than the dedupe window: Redis ran it long ago or never will; it cannot be placed.
+      const [stale] = this.#items.splice(0, 1)
+      stale?.reject(new Error(`dropped: ${err.message}`))
+    }
+  }
+
+  #dropOldestUnsent (): void {
+    // Only never-sent events may go: one already sent may be in the history, and dropping it
+    // would leave its counter unused, which the next publish would stop at.
+    const at = this.#items.findIndex((item) => item.counter === undefined)
+    if (at < 0) return
+    const [dropped] = this.#items.splice(at, 1)
+    this.counters.outboxDropped++
+    this.log.warn('outbox-full', { outboxSize: this.options.outboxSize, dropped: this.counters.outboxDropped },
+      'redis unreachable and outbox full: dropped the oldest event')
+    dropped.reject(new Error('dropped: the outbox was full while Redis was unreachable'))
+  }
+
+  /** Gives a connected publisher a moment to hand over what it still holds, then refuses the rest. */
+  async close (): Promise<void> {
+    const deadline = Date.now() + 2000
+    while (this.#items.length > 0 && this.redis().status === 'ready' && Date.now() < deadline) await delay(10)
+    this.#closed = true
+    for (const item of this.#items.splice(0)) item.reject(new Error('broker closed before Redis took the event'))
+  }
+}

@@ -1,0 +1,141 @@
+// The Redis layout of one stream, and the two scripts that write and read it. Everything a stream
+// owns shares the hash tag `{<stream>}`, so on a Redis Cluster it all lives in one slot and each
+// script runs on one shard; a second stream (a room) is a second name, not a second layout.
+import { withId, type BrokerEvent } from '../event.js'
+
+export interface StreamKeys {
+  /** The capped history: entries `seq`, `epoch`, `body`, with the event's id as the entry id. */
+  events: string
+  /** One hash for the history's identity: `epoch`, `start` (its first id), `seq`, `last` (id). */
+  meta: string
+  /** The worker lease (issue 10): a token, set only if absent, with an expiry. */
+  lease: string
+  /** Where each event is published live: `<seq> <event JSON>`. */
+  channel: string
+  /** Per-publisher record of what it already published, so a retry never makes a second event. */
+  publisher (publisherId: string): string
+  /** A replica's own canary channel, in the stream's slot so it proves the same path. */
+  canary (replicaId: string): string
+}
+
+export function streamKeys (prefix: string, stream = 'guest'): StreamKeys {
+  const base = `${prefix}{${stream}}:`
+  return {
+    events: `${base}events`,
+    meta: `${base}meta`,
+    lease: `${base}lease`,
+    channel: `${base}live`,
+    publisher: (publisherId) => `${base}publisher:${publisherId}`,
+    canary: (replicaId) => `${base}canary:${replicaId}`
+  }
+}
+
+/** How many of its latest publishes a publisher can retry and still be told their ids. */
+export const DEDUPE_WINDOW = 1024
+
+/**
+ * Appends one event and publishes it, atomically, exactly once per (publisher, counter).
+ *
+ * - Idempotent: a counter the publisher already used returns the id it got then, so a retry after
+ *   a lost reply or a partly executed pipeline never makes a second event. A counter that skips
+ *   ahead is refused (`ORDER`): an earlier one was refused, and publishing past it would reorder.
+ * - Ids never go backwards and never repeat: each id is above the history's last id and above the
+ *   newest id this publisher was given (`floor`), whatever became of the keys in between.
+ * - A history that lost what this publisher knows it wrote (deleted, evicted, flushed, a restart
+ *   without persistence, a failover to a replica that lagged) starts a new epoch, with seq from 1,
+ *   so replicas and resuming clients can tell.
+ * - `#!lua` makes Redis refuse the whole script up front at maxmemory (noeviction), before any write.
+ *
+ * KEYS: events, meta, publisher record, lease.
+ * ARGV: body, maxlen, channel, publish command (PUBLISH | SPUBLISH), counter, floor id,
+ *       new-epoch name, lease token ('' = not fenced).
+ */
+export const PUBLISH_SCRIPT = `#!lua
+if ARGV[8] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[8] then
+  return redis.error_reply('FENCED this publisher does not hold the lease')
+end
+local counter = tonumber(ARGV[5])
+local applied = tonumber(redis.call('HGET', KEYS[3], 'counter') or '0')
+if counter <= applied then
+  local id = redis.call('HGET', KEYS[3], 'c' .. counter)
+  if id then return id end
+  return redis.error_reply('STALE publish ' .. counter .. ' is older than the dedupe window')
+end
+if applied > 0 and counter ~= applied + 1 then
+  return redis.error_reply('ORDER publish ' .. counter .. ' follows ' .. applied)
+end
+local function parse (id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'last')
+local epoch, seq = meta[1], tonumber(meta[2] or '0')
+local lastMs, lastSeq = parse(meta[3] or '0-0')
+local floorMs, floorSeq = parse(ARGV[6])
+local fresh = not epoch or floorMs > lastMs or (floorMs == lastMs and floorSeq > lastSeq)
+if fresh then
+  epoch, seq = ARGV[7], 0
+  if floorMs > lastMs or (floorMs == lastMs and floorSeq > lastSeq) then lastMs, lastSeq = floorMs, floorSeq end
+end
+seq = seq + 1
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local id
+if now > lastMs then id = string.format('%d-0', now) else id = string.format('%d-%d', lastMs, lastSeq + 1) end
+local ok, added = pcall(redis.call, 'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'seq', seq, 'epoch', epoch, 'body', ARGV[1])
+if not ok then
+  -- The stream outlived its meta and already holds a higher id: let Redis pick the next one.
+  added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'epoch', epoch, 'body', ARGV[1])
+end
+if fresh then redis.call('HSET', KEYS[2], 'start', added) end
+redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', seq, 'last', added)
+redis.call('HSET', KEYS[3], 'counter', counter, 'c' .. counter, added)
+redis.call('HDEL', KEYS[3], 'c' .. (counter - ${DEDUPE_WINDOW}))
+redis.call('PEXPIRE', KEYS[3], 86400000)
+redis.call(ARGV[4], ARGV[3], seq .. ' {"id":"' .. added .. '","epoch":"' .. epoch .. '",' .. string.sub(ARGV[1], 2))
+return added
+`
+
+/**
+ * The start of a replay, read in one atomic step: the history's identity, the entry at or before
+ * `since`, and the first page after it. A read-only script, so it still runs at maxmemory, where
+ * Redis refuses MULTI.
+ *
+ * KEYS: events, meta. ARGV: since, page size.
+ */
+export const REPLAY_START_SCRIPT = `#!lua flags=no-writes
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'start', 'last')
+local before = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', 1)
+local page = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+return { meta, before, page }
+`
+
+/** A stream entry as Redis returns it: `[id, [field, value, …]]`. */
+export type RawEntry = [string, string[]]
+
+export interface Entry {
+  id: string
+  seq: number
+  epoch: string
+  event: BrokerEvent
+}
+
+export function parseEntry ([id, fields]: RawEntry): Entry {
+  const seq = Number(field(fields, 'seq'))
+  const epoch = field(fields, 'epoch')
+  return { id, seq, epoch, event: { id, seq, epoch, data: withId(id, epoch, field(fields, 'body')) } }
+}
+
+function field (fields: string[], name: string): string {
+  for (let i = 0; i < fields.length; i += 2) if (fields[i] === name) return fields[i + 1]
+  return ''
+}
+
+/**
+ * Whether events were lost between two neighbours in a history: the same epoch with a jump in
+ * seq, or a new epoch that does not start at 1 (its beginning was trimmed).
+ */
+export function missingBetween (before: { seq: number, epoch: string } | undefined, next: { seq: number, epoch: string }): number {
+  if (before && before.epoch === next.epoch) return Math.max(0, next.seq - before.seq - 1)
+  return next.seq - 1
+}

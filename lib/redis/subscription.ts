@@ -1,0 +1,160 @@
+import type { BrokerListener, Gap } from '../broker.js'
+import { compareIds, epochOf, idOf } from '../event.js'
+import { PAGE } from './history.js'
+import { parseEntry, type Entry, type RawEntry, type StreamKeys } from './stream.js'
+import type { BrokerLog, RedisCounters } from './types.js'
+import { delay, retryDelay } from './retry.js'
+
+export interface SubscriptionConnection {
+  hmget (key: string, ...fields: string[]): Promise<Array<string | null>>
+  xrange (key: string, start: string, end: string, count: 'COUNT', n: number): Promise<RawEntry[]>
+}
+
+/** Where this replica stands in the history: the last event it delivered. */
+interface Position { epoch: string | undefined, lastId: string, lastSeq: number }
+
+/**
+ * The replica's side of the stream: every live event once and in order to the listener. A gap in
+ * `seq` or a reconnect is repaired from the history before live events go on; a new epoch (the
+ * history was reset) is followed, logged and counted; what could not be repaired is reported as a
+ * Gap before the events after it.
+ */
+export class Subscription {
+  #position: Position | undefined
+  /** Live events held while the history is read: delivering them first would skip the gap. */
+  #held: Entry[] | undefined = []
+  #repairing = false
+  #again = false
+  /** The subscription was re-established since the last event: something may have been missed. */
+  #resubscribed = false
+  #closed = false
+
+  constructor (
+    private readonly redis: () => SubscriptionConnection,
+    private readonly keys: StreamKeys,
+    private readonly listener: BrokerListener,
+    private readonly onGap: (gap: Gap) => void,
+    private readonly counters: RedisCounters,
+    private readonly log: BrokerLog
+  ) {}
+
+  /** True once the replica knows where it stands in the stream. */
+  get synced (): boolean { return this.#position !== undefined }
+
+  /** One message from the live channel: `<seq> <event JSON>`. */
+  onMessage (message: Buffer): void {
+    const space = message.indexOf(32)
+    const seq = Number(message.toString('latin1', 0, space))
+    const data = message.subarray(space + 1)
+    const id = idOf(data)
+    const epoch = epochOf(data)
+    const entry = { id, seq, epoch, event: { id, seq, epoch, data } }
+    if (this.#held) this.#held.push(entry)
+    else this.#accept(entry, true)
+  }
+
+  /**
+   * The subscription stands (again): find the place in the stream the first time, repair what
+   * was missed every other time. Retries until it can read, or the broker closes.
+   */
+  async onSubscribed (): Promise<void> {
+    if (this.#repairing) {
+      this.#again = true // reconnected mid-repair: what it missed since is not in this read
+      return
+    }
+    this.#repairing = true
+    this.#held ??= []
+    if (this.#position !== undefined) this.#resubscribed = true
+    let repaired = 0
+    try {
+      do {
+        this.#again = false
+        if (this.#position !== undefined) this.counters.repairs++
+        for (let attempt = 0; !this.#closed; attempt++) {
+          try {
+            if (this.#position === undefined) await this.#findPlace()
+            else repaired += await this.#readMissed()
+            break
+          } catch (err) {
+            // Both connections reconnect on their own backoff: the subscriber may be back first.
+            this.log.warn('history-read', { err: (err as Error).message, attempt }, 'could not read the history stream yet; retrying')
+            await delay(retryDelay(attempt, 1000))
+          }
+        }
+      } while (this.#again && !this.#closed)
+    } finally {
+      this.#repairing = false
+      this.counters.repairedEvents += repaired
+      if (repaired > 0) this.log.info({ repaired, lastId: this.#position?.lastId }, 'recovered missed events from the stream')
+      // Held events follow what was read; a gap left among them is gone from the history too.
+      const held = this.#held ?? []
+      this.#held = undefined
+      for (const entry of held) this.#accept(entry, false)
+    }
+  }
+
+  close (): void { this.#closed = true }
+
+  async #findPlace (): Promise<void> {
+    const [epoch, seq, last] = await this.redis().hmget(this.keys.meta, 'epoch', 'seq', 'last')
+    if (this.#position !== undefined) return
+    this.#position = epoch === null || last === null
+      ? { epoch: undefined, lastId: '0-0', lastSeq: 0 }
+      : { epoch, lastId: last, lastSeq: Number(seq) }
+  }
+
+  /** Delivers every stream entry after the last delivered one; returns how many there were. */
+  async #readMissed (): Promise<number> {
+    let count = 0
+    for (;;) {
+      const after = this.#position?.lastId ?? '0-0'
+      const page = (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', PAGE)).map(parseEntry)
+      for (const entry of page) if (this.#accept(entry, false)) count++
+      if (page.length < PAGE) return count
+    }
+  }
+
+  /**
+   * Delivers one event if it is the next one. `live`: it came from the channel outside a repair,
+   * so a gap before it can still be read from the history; otherwise a gap is final.
+   */
+  #accept (entry: Entry, live: boolean): boolean {
+    const at = this.#position
+    if (at === undefined) return false // not placed yet: the first sync places it
+    if (compareIds(entry.id, at.lastId) <= 0) return false // delivered already
+    const sameEpoch = at.epoch === entry.epoch
+    const missing = sameEpoch ? entry.seq - at.lastSeq - 1 : entry.seq - 1
+    if (missing > 0 && live) {
+      this.#held = [entry]
+      this.onSubscribed().catch((err: Error) => this.log.error({ err: err.message }, 'gap repair failed'))
+      return false
+    }
+    if (!sameEpoch && at.epoch !== undefined) {
+      this.counters.epochChanges++
+      this.log.warn('epoch', { from: at.epoch, to: entry.epoch, lastId: at.lastId, firstId: entry.id, seq: entry.seq },
+        'the history was reset (deleted, evicted, flushed, or Redis lost its data): following the new epoch')
+      // Seen at seq 1 on a subscription unbroken since the last event, nothing can be missing:
+      // the old epoch's events all came through the channel. Otherwise the old epoch may have
+      // had events after the last one delivered, and nothing can tell.
+      if (!live || entry.seq > 1 || this.#resubscribed) this.#reportGap({ after: at.lastId, lost: null, reason: 'history_reset' })
+    } else if (missing > 0) {
+      this.counters.repairLost += missing
+      this.#reportGap({ after: at.lastId, lost: missing, reason: 'trimmed' })
+    } else if (sameEpoch && entry.seq <= at.lastSeq) {
+      // The same epoch, a newer id, an old seq: the history lost its newest events (a failover to
+      // a replica that had not received them) and a publisher that could not tell wrote on.
+      this.counters.historyRewinds++
+      this.log.warn('rewind', { lastId: at.lastId, lastSeq: at.lastSeq, id: entry.id, seq: entry.seq }, 'the history lost its newest events: sequence went back')
+    }
+    this.#position = { epoch: entry.epoch, lastId: entry.id, lastSeq: entry.seq }
+    this.#resubscribed = false
+    this.listener(entry.event)
+    return true
+  }
+
+  #reportGap (gap: Gap): void {
+    this.counters.gapsReported++
+    this.log.warn('gap', { ...gap }, 'events were lost before this replica could deliver them: clients are told')
+    this.onGap(gap)
+  }
+}

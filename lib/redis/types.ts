@@ -1,0 +1,57 @@
+import { TokenBucket } from '../limits.js'
+
+/** The Redis broker's numbers, for the metrics line and /metrics (`fanout_broker_stat`). */
+export function newCounters () {
+  return {
+    /** Round trip of the last canary; -1 before the first. */
+    canaryRttMs: -1,
+    resubscribes: 0,
+    published: 0,
+    outboxDropped: 0,
+    /** Error replies and failed calls to Redis, of any command. */
+    commandErrors: 0,
+    repairs: 0,
+    repairedEvents: 0,
+    /** Events trimmed from the history before this replica could read them back. */
+    repairLost: 0,
+    /** New histories followed: the stream and its meta were reset. */
+    epochChanges: 0,
+    /** The same epoch going back in seq: the history lost its newest events. */
+    historyRewinds: 0,
+    /** Gaps told to clients (`{"type":"gap"}`). */
+    gapsReported: 0,
+    /** Warnings not logged because their kind was over its rate. */
+    logsSuppressed: 0
+  }
+}
+
+export type RedisCounters = ReturnType<typeof newCounters>
+
+export type LogFn = (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, msg: string) => void
+
+/** What the broker's parts log through; warnings are rate-limited per kind. */
+export interface BrokerLog {
+  info (fields: Record<string, unknown>, msg: string): void
+  error (fields: Record<string, unknown>, msg: string): void
+  /** At most a few a second per `kind`; the next line logged says how many were suppressed. */
+  warn (kind: string, fields: Record<string, unknown>, msg: string): void
+}
+
+export function brokerLog (log: LogFn, counters: RedisCounters, perSecond = 2, burst = 10): BrokerLog {
+  const kinds = new Map<string, { bucket: TokenBucket, suppressed: number }>()
+  return {
+    info: (fields, msg) => log('info', fields, msg),
+    error: (fields, msg) => log('error', fields, msg),
+    warn (kind, fields, msg) {
+      let limit = kinds.get(kind)
+      if (!limit) kinds.set(kind, limit = { bucket: new TokenBucket(perSecond, burst), suppressed: 0 })
+      if (!limit.bucket.take()) {
+        limit.suppressed++
+        counters.logsSuppressed++
+        return
+      }
+      log('warn', limit.suppressed > 0 ? { ...fields, suppressed: limit.suppressed } : fields, msg)
+      limit.suppressed = 0
+    }
+  }
+}
