@@ -2,14 +2,14 @@
 // replicas (dist/server.js); clients record every frame. Each test asserts that every connected
 // client ends with every event the worker had confirmed, once and in order, or was told.
 import { setTimeout as sleep } from 'node:timers/promises'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { compareIds } from '../lib/event.js'
 import {
   connect, httpStatus, metricValue, startRedis, startServer, startWorker, streamEntries, waitFor,
   type Proc, type TestClient, type TestRedis
 } from './helper.js'
 
-type Tap = typeof t
+type Tap = Test
 
 async function replica (t: Tap, redisUrl: string) {
   const server = await startServer(t, { REDIS_URL: redisUrl, CANARY_INTERVAL_MS: '200' })
