@@ -17,6 +17,8 @@ export interface BrokerEvent {
   epoch?: string
   /** Its WebSocket frame, built by the hub the first time it is sent, then reused. */
   frame?: Buffer
+  /** The frames of this event and those after it in a replay, joined once for every resuming client. */
+  block?: { frames: Buffer, count: number, lastId: string }
 }
 
 const ID_PREFIX = '{"id":"'

@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import * as ws from 'ws'
 import { WebSocket } from 'ws'
 import type { Gap, Replay } from './broker.js'
@@ -14,6 +15,11 @@ export const CloseCode = {
   RESTART: 1012,
   TRY_AGAIN_LATER: 1013
 } as const
+
+/** The largest block of joined frames a replay writes at once. */
+const BLOCK_BYTES = 64 * 1024
+/** How long a replay may hold its slot while the client reads what was written. */
+const REPLAY_FLUSH_WAIT_MS = 5000
 
 export interface HubOptions {
   /** Bytes a client may have waiting to be written before it is cut off as a slow consumer. */
@@ -162,7 +168,7 @@ export class Hub {
         replay = await open(since, performance.now())
         client.lastId = replay.from
         for (let page = replay.first; page.length > 0 && client.open; page = await replay.next()) {
-          replayed += await this.#replay(client, page)
+          replayed += await this.#replay(client, page, true)
         }
       } catch (err) {
         client.held = undefined
@@ -183,6 +189,10 @@ export class Hub {
         await this.#replay(client, held)
       }
       client.held = undefined
+      // The slot is free once the replay has left this process, not merely been queued: a storm
+      // of slow readers would otherwise hold every replay in memory at once. A reader that
+      // stalls gives it up after a while (and meets the slow-consumer cap like anyone else).
+      await Promise.race([drained(client), sleep(REPLAY_FLUSH_WAIT_MS, undefined, { ref: false })])
       return { replayed, lost, clamped: replay.clamped }
     } finally {
       this.#releaseReplaySlot()
@@ -212,19 +222,42 @@ export class Hub {
    * queued: a replay may be far larger than MAX_BUFFERED_BYTES, and written in one go it would
    * be cut off as a slow consumer however fast the client reads.
    */
-  async #replay (client: Client, events: BrokerEvent[]): Promise<number> {
+  async #replay (client: Client, events: BrokerEvent[], fromHistory = false): Promise<number> {
     let written = 0
-    for (const event of events) {
-      if (!client.open) break
-      if (client.hasSeen(event.id)) continue
-      if (this.#write(client, frameOf(event))) {
-        client.lastId = event.id
-        written++
+    for (let i = 0; i < events.length && client.open;) {
+      if (client.hasSeen(events[i].id)) {
+        i++
+        continue
       }
+      // History pages go out as shared blocks of frames: one write per block, not per event,
+      // so thousands of resuming clients make a few objects each, not one per event.
+      const block = fromHistory ? this.#blockAt(events, i) : undefined
+      if (this.#write(client, block?.frames ?? frameOf(events[i]))) {
+        const count = block?.count ?? 1
+        client.lastId = events[i + count - 1].id
+        written += count
+      }
+      i += block?.count ?? 1
       if (client.raw.writableLength > this.#options.maxBufferedBytes / 2) await drained(client)
     }
     this.#options.stats.deliveries += written
     return written
+  }
+
+  /** The frames of `events[i]` and the events after it, up to a block's size, joined once. */
+  #blockAt (events: BrokerEvent[], i: number): NonNullable<BrokerEvent['block']> {
+    const cached = events[i].block
+    if (cached && i + cached.count <= events.length && events[i + cached.count - 1].id === cached.lastId) return cached
+    const limit = Math.min(BLOCK_BYTES, this.#options.maxBufferedBytes / 2)
+    const frames: Buffer[] = []
+    let bytes = 0
+    for (let j = i; j < events.length && (j === i || bytes + frameOf(events[j]).length <= limit); j++) {
+      frames.push(frameOf(events[j]))
+      bytes += frameOf(events[j]).length
+    }
+    const block = { frames: frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes), count: frames.length, lastId: events[i + frames.length - 1].id }
+    events[i].block = block
+    return block
   }
 
   /** A message for one client only (control messages, /ask answers), in order with events. */

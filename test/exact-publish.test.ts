@@ -117,7 +117,11 @@ t.test('the outbox: a pipelined batch whose replies are lost is retried without 
   const proxy = await replyCutter(t, redis.port)
   const warnings: string[] = []
   const broker = new RedisBroker({
-    url: proxy.url, prefix: 'fanout:', historySize: 1000, outboxSize: 1000, canaryIntervalMs: 1000,
+    url: proxy.url,
+    prefix: 'fanout:',
+    historySize: 1000,
+    outboxSize: 1000,
+    canaryIntervalMs: 1000,
     log: (level, fields, msg) => { if (level !== 'info') warnings.push(`${msg} ${String(fields.err)}`) }
   })
   t.teardown(() => broker.close())

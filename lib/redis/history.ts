@@ -5,6 +5,8 @@ import { missingBetween, parseEntry, type Entry, type RawEntry, type StreamKeys 
 export const PAGE = 500
 /** Reads kept per kind for other resuming clients (a page is PAGE events and their frames). */
 const CACHED_READS = 32
+/** Events kept by id, so every read of the same event hands out the same bytes and frame. */
+const INTERNED_EVENTS = 20 * PAGE
 
 export interface HistoryConnection {
   fanoutReplayStart (events: string, meta: string, since: string, count: number): Promise<[Array<string | null>, RawEntry[], RawEntry[]]>
@@ -21,6 +23,7 @@ interface Shared<T> { startedAt: number, result: Promise<T> }
 export class HistoryReader {
   #starts = new Map<string, Shared<ReplayStart>>()
   #pages = new Map<string, Shared<Entry[]>>()
+  #interned = new Map<string, Entry>()
 
   constructor (private readonly redis: () => HistoryConnection, private readonly keys: StreamKeys) {}
 
@@ -61,7 +64,7 @@ export class HistoryReader {
     const k = this.keys
     const [[epochOrNull, start, last], beforeRaw, pageRaw] = await this.redis().fanoutReplayStart(k.events, k.meta, since, PAGE)
     const epoch = epochOrNull ?? undefined
-    const page = pageRaw.map(parseEntry)
+    const page = pageRaw.map((raw) => this.#intern(raw))
     const before = beforeRaw.length > 0 ? parseEntry(beforeRaw[0]) : undefined
     const newest = page.at(-1)?.id ?? last ?? before?.id
     if (newest === undefined) {
@@ -82,7 +85,21 @@ export class HistoryReader {
   }
 
   async #readPage (after: string): Promise<Entry[]> {
-    return (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', PAGE)).map(parseEntry)
+    return (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', PAGE)).map((raw) => this.#intern(raw))
+  }
+
+  /**
+   * The one Entry for an event id. Clients that resume one after another (beyond the concurrent
+   * cap) read the same events again; without this, each read would make new bytes and frames,
+   * and slow readers would hold thousands of copies in their socket buffers.
+   */
+  #intern (raw: RawEntry): Entry {
+    const known = this.#interned.get(raw[0])
+    if (known) return known
+    const entry = parseEntry(raw)
+    this.#interned.set(entry.id, entry)
+    if (this.#interned.size > INTERNED_EVENTS) this.#interned.delete(this.#interned.keys().next().value as string)
+    return entry
   }
 
   /**
