@@ -44,20 +44,21 @@ const EVENTS = ['connect', 'ready', 'close', 'reconnecting', 'end', 'error', 'se
  * sent and when (if) it was acknowledged.
  */
 class Writer {
-  sent = new Map<number, number>()
-  acked = new Map<number, number>()
+  /** message -> when it was sent / acknowledged; messages are `<tag>:<n>`, unique per writer. */
+  sent = new Map<string, number>()
+  acked = new Map<string, number>()
   failures = 0
   #next = 1
   #stopped = false
   readonly done: Promise<void>
 
-  constructor (client: Scripted, publish: 'PUBLISH' | 'SPUBLISH', everyMs = 20) {
+  constructor (client: Scripted, publish: 'PUBLISH' | 'SPUBLISH', tag = 'w', everyMs = 20) {
     this.done = (async () => {
       while (!this.#stopped) {
-        const w = this.#next++
+        const w = `${tag}:${this.#next++}`
         this.sent.set(w, performance.now())
         try {
-          await client.haWrite(STREAM, META, String(w), publish)
+          await client.haWrite(STREAM, META, w, publish)
           this.acked.set(w, performance.now())
         } catch {
           this.failures++
@@ -82,17 +83,17 @@ class Writer {
   }
 }
 
-/** What a subscriber received: write number -> when. */
-function receiver (): { got: Map<number, number>, on: (channel: unknown, message: unknown) => void } {
-  const got = new Map<number, number>()
-  return { got, on: (_channel, message) => { got.set(Number(String(message)), performance.now()) } }
+/** What a subscriber received: message -> when. */
+function receiver (): { got: Map<string, number>, on: (channel: unknown, message: unknown) => void } {
+  const got = new Map<string, number>()
+  return { got, on: (_channel, message) => { got.set(String(message), performance.now()) } }
 }
 
 /** Ms from `zero` to the first message for a write that was sent at or after `zero`. */
-function receivingAfter (got: Map<number, number>, writer: Writer, zero: number): number | undefined {
+function receivingAfter (got: Map<string, number>, writer: Writer, zero: number): number | undefined {
   let first: number | undefined
   for (const [w, at] of got) {
-    if ((writer.sent.get(w) ?? 0) >= zero && (first === undefined || at < first)) first = at
+    if ((writer.sent.get(w) ?? -1) >= zero && (first === undefined || at < first)) first = at
   }
   return first === undefined ? undefined : Math.round(first - zero)
 }
@@ -102,9 +103,9 @@ function close (t: Tap, client: Client): void {
 }
 
 /** The `w` fields of the stream on one server. */
-async function streamWrites (node: HostPort): Promise<Set<number>> {
+async function streamWrites (node: HostPort): Promise<Set<string>> {
   const entries = await ask(node, ['XRANGE', STREAM, '-', '+']) as Array<[string, string[]]>
-  return new Set(entries.map(([, fields]) => Number(fields[1])))
+  return new Set(entries.map(([, fields]) => fields[1]))
 }
 
 t.test('sentinel: the harness reports the primary, and a killed primary is replaced', async (t) => {
@@ -217,8 +218,8 @@ t.test('cluster: a hash-tagged script and sharded pub/sub (SPUBLISH from the scr
   t.equal(await shardSubscribers(owner), 1, 'the sharded subscription is on the primary owning the slot')
 
   const writes = defineWrite(cmd)
-  t.equal(await writes.haWrite(STREAM, META, '0', 'SPUBLISH'), 1, 'the script with two hash-tagged keys runs on the cluster')
-  await waitFor(() => rx.got.has(0), 5000, 'the SPUBLISH made inside the script to arrive as smessage')
+  t.equal(await writes.haWrite(STREAM, META, 'first', 'SPUBLISH'), 1, 'the script with two hash-tagged keys runs on the cluster')
+  await waitFor(() => rx.got.has('first'), 5000, 'the SPUBLISH made inside the script to arrive as smessage')
   t.pass('SPUBLISH inside the script reaches the sharded subscriber')
 
   const writer = new Writer(writes, 'SPUBLISH')
@@ -248,6 +249,96 @@ t.test('cluster: a hash-tagged script and sharded pub/sub (SPUBLISH from the scr
   const onNew = await streamWrites(next)
   const lost = [...writer.acked.keys()].filter((w) => !onNew.has(w))
   t.comment(`acknowledged before the kill but missing on the new owner (asynchronous replication): ${lost.length}`)
-  const missed = [...writer.acked.keys()].filter((w) => w > 0 && !rx.got.has(w))
+  const missed = [...writer.acked.keys()].filter((w) => !rx.got.has(w))
   t.comment(`acknowledged writes the sharded subscriber never received (the gap to repair from the stream): ${missed.length}`)
+})
+
+// SIGSTOP freezes the primary with its sockets open: what a hung host or a network partition looks
+// like to a client, which sees no close and no error. The promoted replica takes over all the same.
+
+t.test('sentinel: a frozen primary (SIGSTOP) is left only with failoverDetector', async (t) => {
+  const topo = await startSentinels(t, { replicas: 1, sentinels: 3, downAfterMs: 1000 })
+  const target: RedisTarget = { sentinels: topo.sentinels, name: topo.name }
+  const plain = createRedis(target, 'plain', { enableOfflineQueue: false, commandTimeout: 500, failoverDetector: false })
+  // createRedis turns failoverDetector on for Sentinel targets.
+  const detecting = createRedis(target, 'detecting', { enableOfflineQueue: false, commandTimeout: 500 })
+  const plainSub = createRedis(target, 'plain-sub', { failoverDetector: false })
+  const detectingSub = createRedis(target, 'detecting-sub')
+  for (const c of [plain, detecting, plainSub, detectingSub]) {
+    close(t, c)
+    c.on('error', () => {})
+  }
+  const rxPlain = receiver()
+  const rxDetecting = receiver()
+  plainSub.on('message', rxPlain.on)
+  detectingSub.on('message', rxDetecting.on)
+  await waitFor(() => [plain, detecting, plainSub, detectingSub].every((c) => c.status === 'ready'), 10_000, 'all ready')
+  await plainSub.subscribe(STREAM)
+  await detectingSub.subscribe(STREAM)
+  const writerPlain = new Writer(defineWrite(plain), 'PUBLISH', 'plain')
+  const writerDetecting = new Writer(defineWrite(detecting), 'PUBLISH', 'detecting')
+  t.teardown(() => Promise.all([writerPlain.stop(), writerDetecting.stop()]))
+  await waitFor(() => rxDetecting.got.size >= 10 && rxPlain.got.size >= 10, 10_000, 'ten messages before the freeze')
+
+  const primary = await topo.primary()
+  const zero = performance.now()
+  await topo.kill(primary, 'SIGSTOP')
+  await topo.waitForFailover(primary, 30_000)
+  const failoverMs = since(zero)
+  await waitFor(() => writerDetecting.backAfter(zero) !== undefined, 20_000, 'writes through the detecting connection')
+  // Both writers' messages reach a subscriber on the new primary, so either writer shows it.
+  await waitFor(() => receivingAfter(rxDetecting.got, writerDetecting, zero) !== undefined, 20_000, 'the detecting subscriber to receive again')
+  const writesBack = writerDetecting.backAfter(zero) as number
+  const receiving = receivingAfter(rxDetecting.got, writerDetecting, zero) as number
+  await sleep(3000)
+  t.comment(`sentinel SIGSTOP: sentinels agree after ${failoverMs} ms; with failoverDetector writes succeed again after ${writesBack} ms and ` +
+    `the subscriber receives again after ${receiving} ms; without it, 3 s later: writes back ${writerPlain.backAfter(zero) ?? 'never'}, ` +
+    `subscriber ${receivingAfter(rxPlain.got, writerDetecting, zero) ?? 'never'}`)
+  t.equal(writerPlain.backAfter(zero), undefined, 'without failoverDetector the command connection stays on the frozen primary: every write times out')
+  t.equal(receivingAfter(rxPlain.got, writerDetecting, zero), undefined, 'without failoverDetector the subscriber stays on the frozen primary and hears nothing, with no error')
+  await topo.kill(primary, 'SIGCONT')
+  await waitFor(() => writerPlain.backAfter(zero) !== undefined, 20_000, 'the plain connection to come back once the old primary wakes and is demoted')
+  t.comment(`without failoverDetector writes came back ${since(zero) - failoverMs - 3000} ms after SIGCONT (the woken primary is demoted and its clients disconnected)`)
+})
+
+t.test('cluster: a frozen slot owner (SIGSTOP) is left only with slotsRefreshInterval', async (t) => {
+  const cluster = await startCluster(t, { primaries: 3, replicasPerPrimary: 1, nodeTimeoutMs: 1000 })
+  const target: RedisTarget = { clusterNodes: cluster.nodes.map(({ host, port }) => ({ host, port })) }
+  // createRedis refreshes every second by default; 0 turns that off, as in ioredis.
+  const plain = createRedis(target, 'plain', { enableOfflineQueue: false, commandTimeout: 500 }, { slotsRefreshInterval: 0 })
+  const refreshing = createRedis(target, 'refreshing', { enableOfflineQueue: false, commandTimeout: 500 })
+  const plainSub = createRedis(target, 'plain-sub', {}, { shardedSubscribers: true, slotsRefreshInterval: 0 })
+  const refreshingSub = createRedis(target, 'refreshing-sub', {}, { shardedSubscribers: true })
+  for (const c of [plain, refreshing, plainSub, refreshingSub]) {
+    close(t, c)
+    c.on('error', () => {})
+  }
+  const rxPlain = receiver()
+  const rxRefreshing = receiver()
+  plainSub.on('smessage', rxPlain.on)
+  refreshingSub.on('smessage', rxRefreshing.on)
+  await waitFor(() => [plain, refreshing, plainSub, refreshingSub].every((c) => c.status === 'ready'), 10_000, 'all ready')
+  await plainSub.ssubscribe(STREAM)
+  await refreshingSub.ssubscribe(STREAM)
+  const writerPlain = new Writer(defineWrite(plain), 'SPUBLISH', 'plain')
+  const writerRefreshing = new Writer(defineWrite(refreshing), 'SPUBLISH', 'refreshing')
+  t.teardown(() => Promise.all([writerPlain.stop(), writerRefreshing.stop()]))
+  await waitFor(() => rxRefreshing.got.size >= 10 && rxPlain.got.size >= 10, 10_000, 'ten messages before the freeze')
+
+  const owner = await cluster.ownerOf(STREAM)
+  const slot = await cluster.slotOf(STREAM)
+  const zero = performance.now()
+  await cluster.kill(owner, 'SIGSTOP')
+  await cluster.waitForFailover(slot, owner, 30_000)
+  const failoverMs = since(zero)
+  await waitFor(() => writerRefreshing.backAfter(zero) !== undefined, 20_000, 'writes through the refreshing cluster')
+  await waitFor(() => receivingAfter(rxRefreshing.got, writerRefreshing, zero) !== undefined, 20_000, 'the refreshing subscriber to receive again')
+  const writesBack = writerRefreshing.backAfter(zero) as number
+  const receiving = receivingAfter(rxRefreshing.got, writerRefreshing, zero) as number
+  await sleep(3000)
+  t.comment(`cluster SIGSTOP: nodes agree after ${failoverMs} ms; with slotsRefreshInterval 1000 writes succeed again after ${writesBack} ms and ` +
+    `the sharded subscriber receives again after ${receiving} ms; without it, 3 s later: writes back ${writerPlain.backAfter(zero) ?? 'never'}, ` +
+    `subscriber ${receivingAfter(rxPlain.got, writerRefreshing, zero) ?? 'never'}`)
+  t.equal(writerPlain.backAfter(zero), undefined, 'without slotsRefreshInterval every write still goes to the frozen node and times out')
+  t.equal(receivingAfter(rxPlain.got, writerRefreshing, zero), undefined, 'without slotsRefreshInterval the sharded subscriber stays on the frozen node and hears nothing, with no error')
 })

@@ -258,20 +258,23 @@ export interface ClusterTopology {
   ownerOfSlot (slot: number): Promise<HostPort>
   kill (node: HostPort, signal?: NodeJS.Signals): Promise<void>
   /**
-   * Resolves once every live node agrees that `slot` is served by a primary other than `from`, that
-   * primary says it is a master, and every live node reports `cluster_state:ok`.
+   * Resolves once every node that answers agrees that `slot` is served by a primary other than
+   * `from`, that primary says it is a master, and every node that answers reports `cluster_state:ok`.
    */
   waitForFailover (slot: number, from: HostPort, timeoutMs?: number): Promise<HostPort>
 }
 
-/** The primary serving `slot` according to one node's CLUSTER SLOTS. */
-async function slotOwnerSeenBy (node: HostPort, slot: number): Promise<HostPort | undefined> {
+/**
+ * The primary serving `slot` according to one node's CLUSTER SLOTS: null if the node answers that
+ * no one serves it, undefined if the node does not answer (dead or frozen).
+ */
+async function slotOwnerSeenBy (node: HostPort, slot: number): Promise<HostPort | null | undefined> {
   const slots = await tryAsk(node, ['CLUSTER', 'SLOTS'])
   if (!Array.isArray(slots)) return undefined
   for (const range of slots as Array<[number, number, [string, number]]>) {
     if (slot >= range[0] && slot <= range[1]) return { host: String(range[2][0]), port: Number(range[2][1]) }
   }
-  return undefined
+  return null
 }
 
 /** A Redis Cluster of `primaries` primaries with `replicasPerPrimary` replicas each, on free loopback ports. */
@@ -320,6 +323,7 @@ export async function startCluster (t: Tap, options: ClusterOptions = {}): Promi
   const ownerOfSlot = async (slot: number): Promise<HostPort> => {
     for (const node of nodes.filter(isAlive)) {
       const owner = await slotOwnerSeenBy(node, slot)
+      if (owner === null) throw new Error(`no primary serves slot ${slot}`)
       if (owner !== undefined) return owner
     }
     throw new Error('no cluster node answers')
@@ -332,11 +336,11 @@ export async function startCluster (t: Tap, options: ClusterOptions = {}): Promi
     kill: (node, signal) => signalNode(find(node), signal),
     async waitForFailover (slot, from, timeoutMs = 30_000) {
       return poll(async () => {
-        const live = nodes.filter(isAlive)
         let next: HostPort | undefined
-        for (const node of live) {
+        for (const node of nodes.filter(isAlive)) {
           const owner = await slotOwnerSeenBy(node, slot)
-          if (owner === undefined || same(owner, from) || (next !== undefined && !same(owner, next))) return undefined
+          if (owner === undefined) continue // frozen (SIGSTOP): not part of what the cluster agrees on
+          if (owner === null || same(owner, from) || (next !== undefined && !same(owner, next))) return undefined
           next = owner
           if (infoFields(await tryAsk(node, ['CLUSTER', 'INFO'])).cluster_state !== 'ok') return undefined
         }

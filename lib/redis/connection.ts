@@ -114,7 +114,9 @@ const CLUSTER_LEVEL = ['enableOfflineQueue', 'enableReadyCheck', 'lazyConnect', 
 /**
  * A connection for one role ('command', 'subscriber', …) of the process: named `fanout-<role>` in
  * CLIENT LIST, retrying forever with backoff, never failing a command for being retried
- * (`maxRetriesPerRequest: null`) unless `options` says otherwise. For a Cluster, `options` go to
+ * (`maxRetriesPerRequest: null`) unless `options` says otherwise; following a failover even when
+ * the old primary hangs instead of closing (Sentinel: `failoverDetector`, Cluster:
+ * `slotsRefreshInterval`). For a Cluster, `options` go to
  * every node's connection except those ioredis reads on the Cluster (CLUSTER_LEVEL), and
  * `clusterOptions` (e.g. `shardedSubscribers`) are added as they are.
  */
@@ -133,6 +135,10 @@ export function createRedis (target: RedisTarget, role: string, options: RedisOp
       ...(target.sentinelPassword !== undefined ? { sentinelPassword: target.sentinelPassword } : {}),
       // Sentinels unreachable: keep asking, as for the server itself.
       sentinelRetryStrategy: (times) => backoff(times),
+      // Leave the old primary on the sentinels' +switch-master: a frozen or partitioned primary
+      // keeps its sockets open, and without this the connection stays on it, silent, until it
+      // wakes (test/ha-harness.test.ts, SIGSTOP).
+      failoverDetector: true,
       ...base
     })
   }
@@ -148,6 +154,10 @@ export function createRedis (target: RedisTarget, role: string, options: RedisOp
     return new Cluster(target.clusterNodes, {
       // Every node lost: reconnect to the cluster from the start nodes, with the same backoff.
       clusterRetryStrategy: retryStrategy,
+      // Ask the cluster who owns which slot every second: ioredis otherwise learns of a failover
+      // only from a closed socket or a MOVED reply, and a frozen or partitioned primary gives
+      // neither, so commands and sharded subscriptions stay on it (test/ha-harness.test.ts, SIGSTOP).
+      slotsRefreshInterval: 1000,
       ...clusterLevel,
       ...clusterOptions,
       redisOptions: { ...(target.url !== undefined ? urlSettings(target.url) : {}), ...perNode, ...clusterOptions.redisOptions }
