@@ -153,17 +153,18 @@ t.test('sentinel: ioredis command and subscriber connections follow a SIGKILLed 
   await topo.kill(primary)
   const next = await topo.waitForFailover(primary, 30_000)
   const failoverMs = since(zero)
-  await waitFor(() => writer.backAfter(zero) !== undefined, 30_000, 'a write sent after the kill to succeed')
-  await waitFor(() => receivingAfter(rx.got, writer, zero) !== undefined, 30_000, 'the subscriber to receive again')
-  await sleep(200)
+  try {
+    await waitFor(() => writer.backAfter(zero) !== undefined, 20_000, 'a write sent after the kill to succeed')
+    await waitFor(() => receivingAfter(rx.got, writer, zero) !== undefined, 20_000, 'the subscriber to receive again')
+    await sleep(200)
+  } finally {
+    t.comment(`sentinel SIGKILL: sentinels agree on the new primary after ${failoverMs} ms; writes succeed again after ${writer.backAfter(zero) ?? 'never'} ms; ` +
+      `the subscriber receives again after ${receivingAfter(rx.got, writer, zero) ?? 'never'} ms; ${writer.failures} writes failed meanwhile; ` +
+      `status now: command ${cmd.status}, subscriber ${sub.status}; ${writer.sent.size - writer.acked.size - writer.failures} write(s) unanswered`)
+    t.comment(`command connection events: ${JSON.stringify(cmdEvents)}`)
+    t.comment(`subscriber connection events: ${JSON.stringify(subEvents)}`)
+  }
   await writer.stop()
-
-  const writesBack = writer.backAfter(zero) as number
-  const receiving = receivingAfter(rx.got, writer, zero) as number
-  t.comment(`sentinel SIGKILL: sentinels agree on the new primary after ${failoverMs} ms; writes succeed again after ${writesBack} ms; ` +
-    `the subscriber receives again after ${receiving} ms; ${writer.failures} writes failed meanwhile`)
-  t.comment(`command connection events: ${JSON.stringify(cmdEvents)}`)
-  t.comment(`subscriber connection events: ${JSON.stringify(subEvents)}`)
   t.ok(cmdEvents.some((e) => e.event === 'ready' && e.at > 0), 'the command connection emits ready again after the kill')
   t.ok(subEvents.some((e) => e.event === 'ready' && e.at > 0), 'the subscriber emits ready again after the kill')
   t.notOk([...cmdEvents, ...subEvents].some((e) => e.event === '+switch-master'), 'ioredis emits no +switch-master event to the application')
