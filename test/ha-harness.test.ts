@@ -3,8 +3,8 @@
 // prints its timings (kill -> writes succeed, kill -> subscriber receives) as tap comments.
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import type { Cluster, Redis } from 'ioredis'
-import { createRedis, type RedisTarget } from '../lib/redis/connection.js'
+import { Redis, type Cluster } from 'ioredis'
+import { backoff, createRedis, type RedisTarget } from '../lib/redis/connection.js'
 import { waitFor } from './helper.js'
 import { ask, since, startCluster, startSentinels, type HostPort } from './redis-topology.js'
 
@@ -84,9 +84,17 @@ class Writer {
 }
 
 /** What a subscriber received: message -> when. */
-function receiver (): { got: Map<string, number>, on: (channel: unknown, message: unknown) => void } {
+function receiver (): { got: Map<string, number>, duplicates: () => number, on: (channel: unknown, message: unknown) => void } {
   const got = new Map<string, number>()
-  return { got, on: (_channel, message) => { got.set(String(message), performance.now()) } }
+  let total = 0
+  return {
+    got,
+    duplicates: () => total - got.size,
+    on: (_channel, message) => {
+      total++
+      if (!got.has(String(message))) got.set(String(message), performance.now())
+    }
+  }
 }
 
 /** Ms from `zero` to the first message for a write that was sent at or after `zero`. */
@@ -247,6 +255,7 @@ t.test('cluster: a hash-tagged script and sharded pub/sub (SPUBLISH from the scr
     t.comment(`subscriber cluster events: ${JSON.stringify(subEvents)}`)
   }
   t.equal(await shardSubscribers(next), 1, 'the sharded subscription moved to the promoted replica')
+  t.equal(rx.duplicates(), 0, 'no message arrived twice (one subscription at a time)')
   const onNew = await streamWrites(next)
   const lost = [...writer.acked.keys()].filter((w) => !onNew.has(w))
   t.comment(`acknowledged before the kill but missing on the new owner (asynchronous replication): ${lost.length}`)
@@ -257,13 +266,14 @@ t.test('cluster: a hash-tagged script and sharded pub/sub (SPUBLISH from the scr
 // SIGSTOP freezes the primary with its sockets open: what a hung host or a network partition looks
 // like to a client, which sees no close and no error. The promoted replica takes over all the same.
 
-t.test('sentinel: a frozen primary (SIGSTOP) is left only with failoverDetector', async (t) => {
+t.test('sentinel: a frozen primary (SIGSTOP) is left only by a client watching +switch-master', async (t) => {
   const topo = await startSentinels(t, { replicas: 1, sentinels: 3, downAfterMs: 1000 })
   const target: RedisTarget = { sentinels: topo.sentinels, name: topo.name }
-  const plain = createRedis(target, 'plain', { enableOfflineQueue: false, commandTimeout: 500, failoverDetector: false })
-  // createRedis turns failoverDetector on for Sentinel targets.
+  // ioredis as it comes (failoverDetector off) next to createRedis, which watches +switch-master.
+  const plainOptions = { sentinels: topo.sentinels, name: topo.name, maxRetriesPerRequest: null, retryStrategy: (n: number) => backoff(n) }
+  const plain = new Redis({ ...plainOptions, enableOfflineQueue: false, commandTimeout: 500 })
   const detecting = createRedis(target, 'detecting', { enableOfflineQueue: false, commandTimeout: 500 })
-  const plainSub = createRedis(target, 'plain-sub', { failoverDetector: false })
+  const plainSub = new Redis(plainOptions)
   const detectingSub = createRedis(target, 'detecting-sub')
   for (const c of [plain, detecting, plainSub, detectingSub]) {
     close(t, c)
@@ -292,14 +302,15 @@ t.test('sentinel: a frozen primary (SIGSTOP) is left only with failoverDetector'
   const writesBack = writerDetecting.backAfter(zero) as number
   const receiving = receivingAfter(rxDetecting.got, writerDetecting, zero) as number
   await sleep(3000)
-  t.comment(`sentinel SIGSTOP: sentinels agree after ${failoverMs} ms; with failoverDetector writes succeed again after ${writesBack} ms and ` +
-    `the subscriber receives again after ${receiving} ms; without it, 3 s later: writes back ${writerPlain.backAfter(zero) ?? 'never'}, ` +
+  t.comment(`sentinel SIGSTOP: sentinels agree after ${failoverMs} ms; watching +switch-master, writes succeed again after ${writesBack} ms and ` +
+    `the subscriber receives again after ${receiving} ms; plain ioredis, 3 s later: writes back ${writerPlain.backAfter(zero) ?? 'never'}, ` +
     `subscriber ${receivingAfter(rxPlain.got, writerDetecting, zero) ?? 'never'}`)
-  t.equal(writerPlain.backAfter(zero), undefined, 'without failoverDetector the command connection stays on the frozen primary: every write times out')
-  t.equal(receivingAfter(rxPlain.got, writerDetecting, zero), undefined, 'without failoverDetector the subscriber stays on the frozen primary and hears nothing, with no error')
+  t.equal(writerPlain.backAfter(zero), undefined, 'plain ioredis: the command connection stays on the frozen primary: every write times out')
+  t.equal(receivingAfter(rxPlain.got, writerDetecting, zero), undefined, 'plain ioredis: the subscriber stays on the frozen primary and hears nothing, with no error')
+  const wokenAt = performance.now()
   await topo.kill(primary, 'SIGCONT')
-  await waitFor(() => writerPlain.backAfter(zero) !== undefined, 20_000, 'the plain connection to come back once the old primary wakes and is demoted')
-  t.comment(`without failoverDetector writes came back ${since(zero) - failoverMs - 3000} ms after SIGCONT (the woken primary is demoted and its clients disconnected)`)
+  await waitFor(() => writerPlain.backAfter(wokenAt) !== undefined, 20_000, 'the plain connection to come back once the old primary wakes and is demoted')
+  t.comment(`plain ioredis: writes came back ${writerPlain.backAfter(wokenAt)} ms after SIGCONT (the woken primary is demoted and its clients disconnected)`)
 })
 
 t.test('cluster: a frozen slot owner (SIGSTOP) is left only with slotsRefreshInterval', async (t) => {

@@ -74,8 +74,7 @@ t.test('createRedis puts each option where ioredis reads it', async (t) => {
     db: 4,
     tls: {},
     connectionName: 'fanout-worker',
-    maxRetriesPerRequest: null,
-    failoverDetector: true
+    maxRetriesPerRequest: null
   }, 'sentinel: credentials, database and TLS from the URL, decoded; the role names the connection')
 
   const cluster = createRedis({ clusterNodes: [{ host: '127.0.0.1', port: 1 }], url: 'redis://:pw@ignored' }, 'subscriber',
@@ -110,6 +109,15 @@ t.test('createRedis: Sentinel finds the primary, database from the URL', async (
   const primary = await topo.primary()
   t.equal(await ask(primary, ['EVAL', "redis.call('SELECT', 2) return redis.call('GET', 'k')", 0]), 'v', 'written on the primary, database 2')
   t.equal(await client.client('GETNAME'), 'fanout-command')
+  const watching = async () => {
+    let count = 0
+    for (const sentinel of topo.sentinels) count += String(await ask(sentinel, ['CLIENT', 'LIST'])).split('\n').filter((l) => l.includes('name=fanout-command-failover-watch')).length
+    return count
+  }
+  t.equal(await waitFor(async () => (await watching()) === 3 && 3, 5000, 'watchers'), 3, 'one +switch-master watcher on each sentinel')
+  client.disconnect()
+  await waitFor(async () => (await watching()) === 0, 5000, 'the watchers to close with the client')
+  t.pass('the watchers close when the client ends')
 })
 
 t.test('createRedis: Cluster discovers every primary from one start node', async (t) => {

@@ -1,6 +1,7 @@
 // Where Redis is and how to reach it: a single server (URL), a primary found through Sentinel, or a
 // Cluster. The one place that turns configuration into ioredis connections, so that the broker, the
 // worker and the tests reach all three topologies the same way. Framework-free.
+import { isIP } from 'node:net'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 
 export interface HostPort { host: string, port: number }
@@ -115,7 +116,7 @@ const CLUSTER_LEVEL = ['enableOfflineQueue', 'enableReadyCheck', 'lazyConnect', 
  * A connection for one role ('command', 'subscriber', …) of the process: named `fanout-<role>` in
  * CLIENT LIST, retrying forever with backoff, never failing a command for being retried
  * (`maxRetriesPerRequest: null`) unless `options` says otherwise; following a failover even when
- * the old primary hangs instead of closing (Sentinel: `failoverDetector`, Cluster:
+ * the old primary hangs instead of closing (Sentinel: `leaveReplacedPrimary`, Cluster:
  * `slotsRefreshInterval`). For a Cluster, `options` go to
  * every node's connection except those ioredis reads on the Cluster (CLUSTER_LEVEL), and
  * `clusterOptions` (e.g. `shardedSubscribers`) are added as they are.
@@ -128,19 +129,17 @@ export function createRedis (target: RedisTarget, role: string, options: RedisOp
     ...options
   }
   if ('sentinels' in target) {
-    return new Redis({
+    const client = new Redis({
       ...(target.url !== undefined ? urlSettings(target.url) : {}),
       sentinels: target.sentinels,
       name: target.name,
       ...(target.sentinelPassword !== undefined ? { sentinelPassword: target.sentinelPassword } : {}),
       // Sentinels unreachable: keep asking, as for the server itself.
       sentinelRetryStrategy: (times) => backoff(times),
-      // Leave the old primary on the sentinels' +switch-master: a frozen or partitioned primary
-      // keeps its sockets open, and without this the connection stays on it, silent, until it
-      // wakes (test/ha-harness.test.ts, SIGSTOP).
-      failoverDetector: true,
       ...base
     })
+    leaveReplacedPrimary(client, target, role)
+    return client
   }
   if ('clusterNodes' in target) {
     const { retryStrategy, ...perNode } = base
@@ -164,4 +163,43 @@ export function createRedis (target: RedisTarget, role: string, options: RedisOp
     })
   }
   return new Redis(target.url, base)
+}
+
+/**
+ * Drops the client's socket when the sentinels announce that the primary it is connected to was
+ * replaced (`+switch-master`); ioredis then reconnects as after any lost connection and asks the
+ * sentinels anew. Needed because a frozen or partitioned primary keeps its sockets open: without
+ * this the client stays on it, silent, until it wakes (test/ha-harness.test.ts, SIGSTOP).
+ * ioredis' own `failoverDetector` does the same but, arriving while the client is reconnecting,
+ * aborts the sentinel query and leaves the client ended for good (status 'end'; 2 of 9 SIGKILL
+ * failovers measured); destroying only the socket never touches a reconnection in progress.
+ */
+function leaveReplacedPrimary (client: Redis, target: { sentinels: HostPort[], name: string, sentinelPassword?: string }, role: string): void {
+  const watchers = target.sentinels.map(({ host, port }) => {
+    const watcher = new Redis({
+      host,
+      port,
+      ...(target.sentinelPassword !== undefined ? { password: target.sentinelPassword } : {}),
+      connectionName: `fanout-${role}-failover-watch`,
+      enableReadyCheck: false,
+      maxRetriesPerRequest: null,
+      retryStrategy: (times) => backoff(times)
+    })
+    watcher.on('error', () => {}) // a sentinel down: the client's own errors are what matters
+    watcher.subscribe('+switch-master').catch(() => {}) // resubscribed by ioredis after a reconnect
+    watcher.on('message', (_channel: string, message: string) => {
+      // "<name> <old-ip> <old-port> <new-ip> <new-port>", once from every sentinel.
+      const [name, oldHost, oldPort] = message.split(' ')
+      const stream = client.stream
+      if (name !== target.name || stream === undefined || stream.destroyed) return
+      // Keep a socket known to be elsewhere (already on the new primary); when unsure (still
+      // connecting, a hostname), drop it: a needless reconnect costs less than a stuck client.
+      const remote = stream.remoteAddress?.replace(/^::ffff:/, '')
+      const elsewhere = stream.remotePort !== undefined &&
+        (stream.remotePort !== Number(oldPort) || (isIP(oldHost) !== 0 && remote !== undefined && remote !== oldHost))
+      if (!elsewhere) stream.destroy()
+    })
+    return watcher
+  })
+  client.once('end', () => { for (const watcher of watchers) watcher.disconnect() })
 }
