@@ -354,3 +354,48 @@ t.test('cluster: a frozen slot owner (SIGSTOP) is left only with slotsRefreshInt
   t.equal(writerPlain.backAfter(zero), undefined, 'without slotsRefreshInterval every write still goes to the frozen node and times out')
   t.equal(receivingAfter(rxPlain.got, writerRefreshing, zero), undefined, 'without slotsRefreshInterval the sharded subscriber stays on the frozen node and hears nothing, with no error')
 })
+
+t.test('sentinel: a planned failover (SENTINEL FAILOVER) leaves plain ioredis on the old primary, createRedis moves', async (t) => {
+  const failoverTimeoutMs = 4000
+  const topo = await startSentinels(t, { replicas: 1, sentinels: 3, downAfterMs: 1000, failoverTimeoutMs })
+  const target: RedisTarget = { sentinels: topo.sentinels, name: topo.name }
+  const plainOptions = { sentinels: topo.sentinels, name: topo.name, maxRetriesPerRequest: null, retryStrategy: (n: number) => backoff(n) }
+  const plain = new Redis({ ...plainOptions, enableOfflineQueue: false, commandTimeout: 500 })
+  const watching = createRedis(target, 'watching', { enableOfflineQueue: false, commandTimeout: 500 })
+  const plainSub = new Redis(plainOptions)
+  for (const c of [plain, watching, plainSub]) {
+    close(t, c)
+    c.on('error', () => {})
+  }
+  const rx = receiver()
+  plainSub.on('message', rx.on)
+  await waitFor(() => [plain, watching, plainSub].every((c) => c.status === 'ready'), 10_000, 'all ready')
+  await plainSub.subscribe(STREAM)
+  const writerPlain = new Writer(defineWrite(plain), 'PUBLISH', 'plain')
+  const writerWatching = new Writer(defineWrite(watching), 'PUBLISH', 'watching')
+  t.teardown(() => Promise.all([writerPlain.stop(), writerWatching.stop()]))
+  await waitFor(() => rx.got.size >= 10, 10_000, 'ten messages before the failover')
+
+  const primary = await topo.primary()
+  const zero = performance.now()
+  t.equal(await ask(topo.sentinels[0], ['SENTINEL', 'FAILOVER', topo.name]), 'OK', 'failover requested')
+  const next = await topo.waitForFailover(primary, 30_000)
+  const switchedAt = performance.now()
+  // The old primary stays a writable master for a while after the sentinels have switched.
+  await waitFor(async () => ((await ask(primary, ['ROLE'])) as string[])[0] === 'slave', 30_000, 'the old primary to be demoted')
+  const demotedMs = since(switchedAt)
+  // Measured ~10 s with failover-timeout 4000 and 10000 alike: a wait of Sentinel's own.
+  t.ok(demotedMs > 5000, `the old primary stays a writable master for seconds after the switch: ${demotedMs} ms`)
+  await waitFor(() => writerPlain.backAfter(switchedAt) !== undefined && writerWatching.backAfter(switchedAt) !== undefined, 20_000, 'both writers')
+  await sleep(500)
+  await Promise.all([writerPlain.stop(), writerWatching.stop()])
+  const onNew = await streamWrites(next)
+  const after = (w: Writer) => [...w.acked.keys()].filter((k) => (w.sent.get(k) ?? 0) >= switchedAt)
+  const lost = (w: Writer) => [...w.acked.keys()].filter((k) => !onNew.has(k)).length
+  t.ok(after(writerWatching).length > 0 && after(writerWatching).every((k) => onNew.has(k)),
+    'createRedis: every write acknowledged after the switch is on the new primary')
+  t.comment(`SENTINEL FAILOVER: sentinels agree ${Math.round(switchedAt - zero)} ms after the request; the old primary is demoted ${demotedMs} ms later. ` +
+    `createRedis: ${writerWatching.failures} writes failed, first success on the new primary ${writerWatching.backAfter(switchedAt)} ms after the switch, ` +
+    `${lost(writerWatching)} acknowledged writes lost. Plain ioredis: ${writerPlain.failures} failed, ${lost(writerPlain)} acknowledged writes lost ` +
+    '(written to the old primary after the switch, discarded when it resynced as a replica)')
+})
