@@ -8,6 +8,9 @@ import { backoff, createRedis, type RedisTarget } from '../lib/redis/connection.
 import { waitFor } from './helper.js'
 import { ask, since, startCluster, startSentinels, type HostPort } from './redis-topology.js'
 
+// Seven topologies, each failed over once: ~100 s alone on two cores, more beside other test files.
+t.setTimeout(360_000)
+
 type Tap = Parameters<typeof startSentinels>[0]
 type Client = Redis | Cluster
 
