@@ -117,9 +117,9 @@ const CLUSTER_LEVEL = ['enableOfflineQueue', 'enableReadyCheck', 'lazyConnect', 
  * CLIENT LIST, retrying forever with backoff, never failing a command for being retried
  * (`maxRetriesPerRequest: null`) unless `options` says otherwise; following a failover even when
  * the old primary hangs instead of closing (Sentinel: `leaveReplacedPrimary`, Cluster:
- * `slotsRefreshInterval`). For a Cluster, `options` go to
- * every node's connection except those ioredis reads on the Cluster (CLUSTER_LEVEL), and
- * `clusterOptions` (e.g. `shardedSubscribers`) are added as they are.
+ * `slotsRefreshInterval`). For a Cluster, `options` go to every node's connection except those
+ * ioredis reads on the Cluster (CLUSTER_LEVEL), and `clusterOptions` (e.g. `shardedSubscribers`)
+ * are added as they are. docs/ha-notes.md has what each choice was measured to fix.
  */
 export function createRedis (target: RedisTarget, role: string, options: RedisOptions = {}, clusterOptions: ClusterOptions = {}): Redis | Cluster {
   const base: RedisOptions = {
@@ -171,7 +171,7 @@ export function createRedis (target: RedisTarget, role: string, options: RedisOp
  * sentinels anew. Needed because a frozen or partitioned primary keeps its sockets open: without
  * this the client stays on it, silent, until it wakes (test/ha-harness.test.ts, SIGSTOP).
  * ioredis' own `failoverDetector` does the same but, arriving while the client is reconnecting,
- * aborts the sentinel query and leaves the client ended for good (status 'end'; 2 of 9 SIGKILL
+ * aborts the sentinel query and leaves the client ended for good (status 'end'; 2 of 13 SIGKILL
  * failovers measured); destroying only the socket never touches a reconnection in progress.
  */
 function leaveReplacedPrimary (client: Redis, target: { sentinels: HostPort[], name: string, sentinelPassword?: string }, role: string): void {
