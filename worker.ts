@@ -1,45 +1,74 @@
+import { randomUUID } from 'node:crypto'
 import closeWithGrace from 'close-with-grace'
 import pino from 'pino'
-import { loadEnv, type Env } from './lib/config.js'
-import { startPublisher } from './lib/publisher.js'
+import { loadEnv, usesRedis, type Env } from './lib/config.js'
 import { createBroker } from './lib/create-broker.js'
 import { fail } from './lib/fail.js'
+import { startPublisher, type PublisherRun } from './lib/publisher.js'
+import type { RedisBroker } from './lib/redis/broker.js'
 
-/** The publisher worker: guest events on the random schedule, into Redis. */
+/**
+ * The publisher worker: guest events on the random schedule, into Redis. Run any number: they
+ * share a lease in Redis, and only its holder publishes; a standby takes over when the holder
+ * dies or stalls past WORKER_LEASE_MS (README, "High availability").
+ */
 let env: Env
 try {
   env = loadEnv()
 } catch (err) {
   fail('fastify-fanout worker', err)
 }
-if (!env.REDIS_URL) {
-  fail('fastify-fanout worker', new Error('REDIS_URL is not set: the worker publishes into Redis (e.g. REDIS_URL=redis://127.0.0.1:6379)'))
+if (!usesRedis(env)) {
+  fail('fastify-fanout worker', new Error('REDIS_URL (or REDIS_SENTINELS, or REDIS_CLUSTER_NODES) is not set: the worker publishes into Redis (e.g. REDIS_URL=redis://127.0.0.1:6379)'))
 }
 
-const log = pino({ level: env.LOG_LEVEL, base: { role: 'worker', pid: process.pid } })
+const workerId = randomUUID().slice(0, 8)
+const log = pino({ level: env.LOG_LEVEL, base: { role: 'worker', worker: workerId, pid: process.pid } })
 const broker = createBroker({
   redisUrl: env.REDIS_URL,
+  redisSentinels: env.REDIS_SENTINELS,
+  redisSentinelName: env.REDIS_SENTINEL_NAME,
+  redisClusterNodes: env.REDIS_CLUSTER_NODES,
+  redisWaitReplicas: env.REDIS_WAIT_REPLICAS,
   redisPrefix: env.REDIS_PREFIX,
   historySize: env.HISTORY_SIZE,
   outboxSize: env.OUTBOX_SIZE,
   canaryIntervalMs: env.CANARY_INTERVAL_MS
-}, (level, fields, msg) => log[level](fields, msg))
+}, (level, fields, msg) => log[level](fields, msg)) as RedisBroker
 broker.onStateChange((state) => log.info({ state }, 'redis connection state changed'))
 
-const run = startPublisher({
-  publish: async (body) => {
-    const id = await broker.publish(body)
-    log.debug({ id, ...body }, 'published')
-    return id
-  },
-  minDelayMs: env.GUEST_MIN_DELAY_MS,
-  maxDelayMs: env.GUEST_MAX_DELAY_MS,
-  count: env.GUEST_COUNT,
-  onError: (err) => log.warn({ err: err.message }, 'guest event not published')
+let made = 0
+let run: PublisherRun | undefined
+let finished: () => void
+const allMade = new Promise<void>((resolve) => { finished = resolve })
+
+/** The schedule runs only while this worker leads; GUEST_COUNT counts across its terms. */
+function publish (): PublisherRun {
+  const current = startPublisher({
+    publish: async (body) => {
+      made++
+      const id = await broker.publish(body)
+      log.debug({ id, ...body }, 'published')
+      return id
+    },
+    minDelayMs: env.GUEST_MIN_DELAY_MS,
+    maxDelayMs: env.GUEST_MAX_DELAY_MS,
+    count: env.GUEST_COUNT === undefined ? undefined : env.GUEST_COUNT - made,
+    onError: (err) => log.warn({ err: err.message }, 'guest event not published')
+  })
+  current.done.then(() => { if (run === current) finished() }, () => {})
+  return current
+}
+
+const lease = broker.lead(env.WORKER_LEASE_MS, (leader) => {
+  log.info({ leader, leaseMs: env.WORKER_LEASE_MS }, leader ? 'this worker holds the lease: publishing' : 'this worker does not hold the lease: standing by')
+  const previous = run
+  run = leader ? publish() : undefined
+  previous?.stop().catch(() => {})
 })
 
 const metrics = env.METRICS_INTERVAL_MS > 0
-  ? setInterval(() => log.info({ redis: broker.state, ...broker.stats() }, 'metrics'), env.METRICS_INTERVAL_MS).unref()
+  ? setInterval(() => log.info({ redis: broker.state, leader: lease.leader ? 1 : 0, ...broker.stats() }, 'metrics'), env.METRICS_INTERVAL_MS).unref()
   : undefined
 
 let stopping = false
@@ -48,12 +77,12 @@ const graceful = closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
   if (err) log.error({ err }, 'stopping after an error')
   else log.info({ signal }, 'stopping')
   clearInterval(metrics)
-  await run.stop()
+  await run?.stop()
   await broker.close()
 })
 
-await run.done
-// run.done also resolves when a signal stopped the run: that path exits on its own.
+await allMade
+// allMade only resolves once GUEST_COUNT events were made and confirmed; a signal exits on its own.
 if (!stopping) {
   log.info({ ...broker.stats() }, 'published GUEST_COUNT events: done')
   graceful.close()

@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
 import envSchema from 'env-schema'
 import { DEFAULTS, type FanoutOptions } from './options.js'
+import { redisTarget } from './redis/connection.js'
 
 const Integer = (defaultValue: number, minimum = 0) => Type.Integer({ minimum, default: defaultValue })
 // A string enum, not a union of literals: ajv then reports one error with the allowed values,
@@ -14,6 +15,11 @@ export const EnvSchema = Type.Object({
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
   HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://' })),
+  REDIS_SENTINELS: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_SENTINEL_NAME: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_CLUSTER_NODES: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_WAIT_REPLICAS: Integer(DEFAULTS.redisWaitReplicas),
+  WORKER_LEASE_MS: Integer(DEFAULTS.workerLeaseMs, 200),
   REDIS_PREFIX: Type.String({ default: DEFAULTS.redisPrefix }),
   HISTORY_SIZE: Integer(DEFAULTS.historySize, 1),
   OUTBOX_SIZE: Integer(DEFAULTS.outboxSize, 1),
@@ -67,6 +73,11 @@ export function loadEnv (source: NodeJS.ProcessEnv = process.env): Env {
     })
     throw new ConfigError(`invalid configuration: ${lines.length > 0 ? [...new Set(lines)].join('; ') : (err as Error).message}`)
   }
+  try {
+    redisTarget({ url: env.REDIS_URL, sentinels: env.REDIS_SENTINELS, sentinelName: env.REDIS_SENTINEL_NAME, clusterNodes: env.REDIS_CLUSTER_NODES })
+  } catch (err) {
+    throw new ConfigError(`invalid configuration: ${(err as Error).message}`)
+  }
   if (env.GUEST_MIN_DELAY_MS > env.GUEST_MAX_DELAY_MS) {
     throw new ConfigError(`invalid configuration: GUEST_MIN_DELAY_MS (${env.GUEST_MIN_DELAY_MS}) must not exceed GUEST_MAX_DELAY_MS (${env.GUEST_MAX_DELAY_MS})`)
   }
@@ -77,11 +88,15 @@ export function loadEnv (source: NodeJS.ProcessEnv = process.env): Env {
 export function optionsFromEnv (env: Env): FanoutOptions {
   return {
     redisUrl: env.REDIS_URL,
+    redisSentinels: env.REDIS_SENTINELS,
+    redisSentinelName: env.REDIS_SENTINEL_NAME,
+    redisClusterNodes: env.REDIS_CLUSTER_NODES,
+    redisWaitReplicas: env.REDIS_WAIT_REPLICAS,
     redisPrefix: env.REDIS_PREFIX,
     historySize: env.HISTORY_SIZE,
     outboxSize: env.OUTBOX_SIZE,
     canaryIntervalMs: env.CANARY_INTERVAL_MS,
-    publisher: (env.PUBLISHER ?? (env.REDIS_URL ? 'off' : 'on')) === 'on' && {
+    publisher: (env.PUBLISHER ?? (usesRedis(env) ? 'off' : 'on')) === 'on' && {
       minDelayMs: env.GUEST_MIN_DELAY_MS,
       maxDelayMs: env.GUEST_MAX_DELAY_MS,
       count: env.GUEST_COUNT
@@ -101,4 +116,9 @@ export function optionsFromEnv (env: Env): FanoutOptions {
     textLogPerSec: env.TEXT_LOG_PER_SEC,
     metricsIntervalMs: env.METRICS_INTERVAL_MS
   }
+}
+
+/** Whether the environment names a Redis deployment (any of the three topologies). */
+export function usesRedis (env: Env): boolean {
+  return Boolean(env.REDIS_URL ?? env.REDIS_SENTINELS ?? env.REDIS_CLUSTER_NODES)
 }

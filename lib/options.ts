@@ -5,6 +5,8 @@ export const DEFAULTS = {
   guestPath: '/guest',
   askPath: '/ask',
   redisPrefix: 'fanout:',
+  redisWaitReplicas: 0,
+  workerLeaseMs: 5000,
   historySize: 1000,
   outboxSize: 10_000,
   canaryIntervalMs: 2000,
@@ -36,6 +38,13 @@ export interface FanoutOptions {
   /** A broker instance. Otherwise `redisUrl` selects Redis, and without it the in-memory broker. */
   broker?: Broker
   redisUrl?: string
+  /** Sentinels as `host:port,…`, with `redisSentinelName`: the primary they monitor. */
+  redisSentinels?: string
+  redisSentinelName?: string
+  /** Redis Cluster nodes as `host:port,…`: a few to discover the rest from. */
+  redisClusterNodes?: string
+  /** Replicas that must confirm a publish (`WAIT`) before it leaves the publisher's outbox [0]. */
+  redisWaitReplicas?: number
   redisPrefix?: string
   /** Events kept for `?since=` resume. */
   historySize?: number
@@ -67,13 +76,13 @@ export interface FanoutOptions {
   outboxSize?: number
 }
 
-export type ResolvedOptions = Required<Omit<FanoutOptions, 'broker' | 'redisUrl' | 'uploadToken' | 'publisher'>> &
-  Pick<FanoutOptions, 'broker' | 'redisUrl' | 'uploadToken'> & { publisher: Required<Omit<PublisherOptions, 'count'>> & Pick<PublisherOptions, 'count'> | false }
+type Unset = 'broker' | 'redisUrl' | 'redisSentinels' | 'redisSentinelName' | 'redisClusterNodes' | 'uploadToken'
+export type ResolvedOptions = Required<Omit<FanoutOptions, Unset | 'publisher'>> & Pick<FanoutOptions, Unset> & { publisher: Required<Omit<PublisherOptions, 'count'>> & Pick<PublisherOptions, 'count'> | false }
 
 export function resolveOptions (options: FanoutOptions = {}): ResolvedOptions {
   const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FanoutOptions
   const merged = { ...DEFAULTS, demoPage: true, allowedOrigins: [] as string[], ...defined }
-  const embedded = !merged.broker && !merged.redisUrl
+  const embedded = !merged.broker && !merged.redisUrl && !merged.redisSentinels && !merged.redisClusterNodes
   const publisher = merged.publisher ?? embedded
   const resolved: ResolvedOptions = {
     ...merged,

@@ -24,7 +24,7 @@ async function scriptClient (t: Test, url: string): Promise<ScriptRedis> {
 function publish (redis: ScriptRedis, counter: number, options: { floor?: string, epoch?: string, token?: string, publisher?: string } = {}) {
   return redis.fanoutPublish(keys.events, keys.meta, keys.publisher(options.publisher ?? 'p1'), keys.lease,
     JSON.stringify({ type: 'guest', n: counter }), 1000, keys.channel, 'PUBLISH', counter,
-    options.floor ?? '0-0', options.epoch ?? 'epochA', options.token ?? '')
+    options.floor ?? '0-0', options.epoch ?? 'epochA', options.token ?? '', 5000)
 }
 
 t.test('the publish script: a counter seen again returns its id; a skipped counter is refused', async (t) => {
@@ -117,7 +117,7 @@ t.test('the outbox: a pipelined batch whose replies are lost is retried without 
   const proxy = await replyCutter(t, redis.port)
   const warnings: string[] = []
   const broker = new RedisBroker({
-    url: proxy.url,
+    target: { url: proxy.url },
     prefix: 'fanout:',
     historySize: 1000,
     outboxSize: 1000,

@@ -5,7 +5,6 @@ import { startRedis, startWorker, streamEntries, waitFor } from './helper.js'
 
 t.test('beyond OUTBOX_SIZE the oldest events are dropped; the newest arrive in order', async (t) => {
   const redis = await startRedis(t)
-  await redis.stop()
   const worker = startWorker(t, {
     REDIS_URL: redis.url,
     OUTBOX_SIZE: '20',
@@ -14,6 +13,9 @@ t.test('beyond OUTBOX_SIZE the oldest events are dropped; the newest arrive in o
     METRICS_INTERVAL_MS: '200'
   })
   const metrics = () => worker.logs().filter((l) => l.msg === 'metrics')
+  // Leading, then cut off from Redis: it keeps its schedule, into the outbox.
+  await waitFor(() => metrics().some((l) => l.leader === 1), 20_000, 'the worker to lead')
+  await redis.stop()
   // More than the publisher's 256 in flight: it must go on making events regardless.
   await waitFor(() => metrics().some((l) => Number(l.outboxDropped) > 300), 20_000, 'more than 300 drops')
   const drops = worker.logs().filter((l) => /outbox full: dropped the oldest event/.test(String(l.msg)))

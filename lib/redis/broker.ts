@@ -1,18 +1,20 @@
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import { Redis, type RedisOptions } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import type { Broker, BrokerListener, BrokerState, Gap, Replay } from '../broker.js'
 import type { EventBody } from '../event.js'
 import { Canary } from './canary.js'
 import { HistoryReader, type HistoryConnection } from './history.js'
 import { Outbox, type PublishingConnection } from './outbox.js'
-import { retryDelay } from './retry.js'
+import { createRedis, type RedisTarget } from './connection.js'
+import { Lease, LEASE_RELEASE_SCRIPT, LEASE_RENEW_SCRIPT, type LeaseConnection } from './lease.js'
 import { PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys, type StreamKeys } from './stream.js'
 import { Subscription, type SubscriptionConnection } from './subscription.js'
 import { brokerLog, newCounters, type BrokerLog, type LogFn } from './types.js'
 
 export interface RedisBrokerOptions {
-  url: string
+  /** A single server (`{ url }`), a primary behind Sentinel, or a Cluster (lib/redis/connection.ts). */
+  target: RedisTarget
   /** Prefix of every key and channel [fanout:]. */
   prefix: string
   /** Events kept in the history stream (`XADD … MAXLEN ~`). */
@@ -21,11 +23,14 @@ export interface RedisBrokerOptions {
   outboxSize: number
   /** How often the canary goes round; 3 intervals late and the broker counts as down. */
   canaryIntervalMs: number
+  /** Replicas that must confirm each published batch (`WAIT`) before it leaves the outbox [0]. */
+  waitReplicas?: number
   /** Called for what an operator should see: drops, repairs, reconnects. */
   log?: LogFn
 }
 
-type CommandConnection = Redis & PublishingConnection & HistoryConnection & SubscriptionConnection
+type CommandConnection = (Redis | Cluster) & PublishingConnection & HistoryConnection & SubscriptionConnection & LeaseConnection
+type Subscriber = Redis | Cluster
 
 /**
  * Redis fan-out, from its parts: the outbox publishes (exactly once, in order), the subscription
@@ -37,7 +42,11 @@ export class RedisBroker implements Broker {
   readonly keys: StreamKeys
   readonly #options: RedisBrokerOptions
   readonly #cmd: CommandConnection
-  #sub: Redis | undefined
+  #sub: Subscriber | undefined
+  readonly #cluster: boolean
+  /** PUBLISH, or on a Cluster SPUBLISH: an event travels to its shard only, not the whole bus. */
+  readonly #publishCommand: string
+  #lease: Lease | undefined
   #state: BrokerState = 'connecting'
   readonly #events = new EventEmitter()
   readonly #counters = newCounters()
@@ -52,13 +61,14 @@ export class RedisBroker implements Broker {
     this.#options = options
     this.keys = streamKeys(options.prefix)
     this.#log = brokerLog(options.log ?? (() => {}), this.#counters)
-    this.#cmd = new Redis(options.url, {
-      ...connectionOptions('command'),
-      // Fail fast while disconnected: the outbox, not ioredis, holds what waits for Redis.
-      enableOfflineQueue: false
-    }) as CommandConnection
+    this.#cluster = 'clusterNodes' in options.target
+    this.#publishCommand = this.#cluster ? 'SPUBLISH' : 'PUBLISH'
+    // Fail fast while disconnected: the outbox, not ioredis, holds what waits for Redis.
+    this.#cmd = createRedis(options.target, 'command', { enableOfflineQueue: false }) as CommandConnection
     this.#cmd.defineCommand('fanoutPublish', { numberOfKeys: 4, lua: PUBLISH_SCRIPT })
     this.#cmd.defineCommand('fanoutReplayStart', { numberOfKeys: 2, lua: REPLAY_START_SCRIPT })
+    this.#cmd.defineCommand('fanoutLeaseRenew', { numberOfKeys: 1, lua: LEASE_RENEW_SCRIPT })
+    this.#cmd.defineCommand('fanoutLeaseRelease', { numberOfKeys: 1, lua: LEASE_RELEASE_SCRIPT })
     this.#cmd.on('ready', () => {
       if (!this.#sub) this.#setState('ready')
       this.#outbox.flush()
@@ -69,8 +79,10 @@ export class RedisBroker implements Broker {
     this.#outbox = new Outbox(cmd, this.keys, {
       historySize: options.historySize,
       outboxSize: options.outboxSize,
-      publishCommand: 'PUBLISH',
-      fenceToken: () => ''
+      publishCommand: this.#publishCommand,
+      waitReplicas: options.waitReplicas ?? 0,
+      fence: () => this.#lease ? this.#lease.fence : { token: '', leaseMs: 0 },
+      onFenced: async () => await this.#lease?.check() ?? true
     }, this.#counters, this.#log)
     this.#history = new HistoryReader(cmd, this.keys)
   }
@@ -86,12 +98,16 @@ export class RedisBroker implements Broker {
     const subscription = new Subscription(() => this.#cmd, this.keys, listener, onGap, this.#counters, this.#log)
     this.#subscription = subscription
     const canaryChannel = this.keys.canary(randomUUID())
-    const sub = new Redis(this.#options.url, { ...connectionOptions('subscriber'), autoResubscribe: false })
+    const sub = this.#cluster
+      // Sharded pub/sub: ioredis keeps a subscriber on the primary owning the channel's slot and
+      // moves it there after a failover (docs/ha-notes.md).
+      ? createRedis(this.#options.target, 'subscriber', {}, { shardedSubscribers: true })
+      : createRedis(this.#options.target, 'subscriber', { autoResubscribe: false })
     this.#sub = sub
     this.#setState('connecting')
     const canary = new Canary({
       channel: canaryChannel,
-      publishCommand: 'PUBLISH',
+      publishCommand: this.#publishCommand,
       intervalMs: this.#options.canaryIntervalMs,
       timeoutMs: 3 * this.#options.canaryIntervalMs
     }, {
@@ -103,27 +119,48 @@ export class RedisBroker implements Broker {
       log: this.#log
     })
     this.#canary = canary
-    sub.on('error', (err) => this.#log.warn('subscriber-connection', { err: err.message }, 'redis subscriber connection error'))
+    sub.on('error', (err: Error) => this.#log.warn('subscriber-connection', { err: err.message }, 'redis subscriber connection error'))
     sub.on('close', () => { if (!this.#closed()) this.#setState('down') })
     const canaryName = Buffer.from(canaryChannel)
-    sub.on('messageBuffer', (channel: Buffer, message: Buffer) => {
+    const onMessage = (channel: Buffer, message: Buffer): void => {
       if (channel.equals(canaryName)) {
         canary.heard(Number(message.toString()))
       } else {
         canary.heard()
         subscription.onMessage(message)
       }
-    })
-    // Subscribing ourselves on every `ready` (not ioredis' autoResubscribe) lets the repair start
-    // only once the subscription stands, so nothing falls between the two.
-    sub.on('ready', () => {
-      sub.subscribe(this.keys.channel, canaryChannel).then(() => {
-        canary.resubscribed()
-        canary.tick()
-        return subscription.onSubscribed()
-      }).catch((err: Error) => this.#log.warn('subscribe', { err: err.message }, 'subscribing failed; retrying on reconnect'))
-    })
+    }
+    const subscribed = (): Promise<void> => {
+      canary.resubscribed()
+      canary.tick()
+      return subscription.onSubscribed()
+    }
+    const failed = (err: Error) => this.#log.warn('subscribe', { err: err.message }, 'subscribing failed; retrying on reconnect')
+    if (this.#cluster) {
+      const cluster = sub as Cluster
+      cluster.on('smessageBuffer', onMessage)
+      // After a failover ioredis re-subscribes on the new owner by itself and says so; the repair
+      // then reads what was published meanwhile (its hint may come early: the seq check stays).
+      cluster.on('subscribersReady', () => { subscribed().catch(failed) })
+      cluster.ssubscribe(this.keys.channel, canaryChannel).then(subscribed).catch(failed)
+    } else {
+      const redis = sub as Redis
+      redis.on('messageBuffer', onMessage)
+      // Subscribing ourselves on every `ready` (not ioredis' autoResubscribe) lets the repair
+      // start only once the subscription stands, so nothing falls between the two.
+      redis.on('ready', () => { redis.subscribe(this.keys.channel, canaryChannel).then(subscribed).catch(failed) })
+    }
     canary.start()
+  }
+
+  /**
+   * Makes this broker's publishes depend on holding the worker lease (standby workers): only
+   * the holder's publishes pass the publish script's fence. `onChange` hears every change.
+   */
+  lead (leaseMs: number, onChange: (leader: boolean) => void): Lease {
+    this.#lease = new Lease(() => this.#cmd, this.keys.lease, leaseMs, onChange, this.#log)
+    this.#lease.start()
+    return this.#lease
   }
 
   history (since: string, notBefore: number): Promise<Replay> {
@@ -144,6 +181,7 @@ export class RedisBroker implements Broker {
     this.#canary?.stop()
     this.#subscription?.close()
     await this.#outbox.close()
+    await this.#lease?.close()
     this.#setState('closed')
     await Promise.all([quit(this.#sub), quit(this.#cmd)])
   }
@@ -157,15 +195,7 @@ export class RedisBroker implements Broker {
   }
 }
 
-function connectionOptions (name: string): RedisOptions {
-  return {
-    connectionName: `fanout-${name}`,
-    maxRetriesPerRequest: null,
-    retryStrategy: (times) => 50 + retryDelay(times, 2000)
-  }
-}
-
-async function quit (client: Redis | undefined): Promise<void> {
+async function quit (client: Redis | Cluster | undefined): Promise<void> {
   if (!client) return
   try {
     if (client.status === 'ready') await client.quit()

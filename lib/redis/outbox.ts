@@ -13,7 +13,9 @@ export interface PublishingConnection {
 
 export interface PublishingPipeline {
   fanoutPublish (events: string, meta: string, publisher: string, lease: string,
-    body: string, maxLen: number, channel: string, command: string, counter: number, floor: string, epoch: string, token: string): unknown
+    body: string, maxLen: number, channel: string, command: string, counter: number, floor: string, epoch: string,
+    token: string, leaseMs: number): unknown
+  wait (replicas: number, timeoutMs: number): unknown
   exec (): Promise<Array<[Error | null, unknown]> | null>
 }
 
@@ -23,8 +25,12 @@ export interface OutboxOptions {
   outboxSize: number
   /** PUBLISH, or SPUBLISH on a Redis Cluster. */
   publishCommand: string
-  /** The lease token to fence each publish with; '' publishes unfenced. */
-  fenceToken: () => string
+  /** The lease to fence each publish with: '' publishes unfenced; undefined: not the holder now. */
+  fence: () => { token: string, leaseMs: number } | undefined
+  /** Replicas that must confirm a batch (`WAIT`) before its events leave the outbox; 0: none. */
+  waitReplicas: number
+  /** A publish was refused as fenced: resolves to whether this publisher (still) holds the lease. */
+  onFenced?: () => Promise<boolean>
 }
 
 interface Item {
@@ -36,6 +42,7 @@ interface Item {
 }
 
 const BATCH = 256
+const WAIT_TIMEOUT_MS = 1000
 
 /**
  * A publisher's queue into Redis, exactly once and in order. Events are sent in pipelined
@@ -44,12 +51,15 @@ const BATCH = 256
  * Redis already ran returns its id instead of making a second one (see PUBLISH_SCRIPT).
  */
 export class Outbox {
-  readonly publisherId = randomUUID()
+  /** Names this publisher's record in Redis; a new one after abandoning events, whose counters go unused. */
+  #publisherId = randomUUID()
   #items: Item[] = []
   #counter = 0
   /** The newest id Redis gave this publisher: every later id must be above it. */
   #floor = '0-0'
   #flushing = false
+  /** The batch on its way to Redis: closing waits for its replies, or events Redis ran would be reported lost. */
+  #sending: Promise<unknown> = Promise.resolve()
   #closed = false
 
   constructor (
@@ -83,26 +93,47 @@ export class Outbox {
           await delay(retryDelay(attempt++))
           continue
         }
-        const refused = await this.#send(this.#items.slice(0, Math.min(BATCH, this.options.outboxSize)))
-        if (refused) await delay(retryDelay(attempt++))
-        else attempt = 0
+        const sending = this.#send(this.#items.slice(0, Math.min(BATCH, this.options.outboxSize)))
+        this.#sending = sending
+        const refusal = await sending
+        if (refusal === undefined) {
+          attempt = 0
+          continue
+        }
+        if (/^FENCED/.test(refusal.message) && this.options.onFenced && !await this.options.onFenced()) {
+          this.#abandon('another worker holds the lease')
+          continue
+        }
+        await delay(retryDelay(attempt++))
       }
     } finally {
       this.#flushing = false
     }
   }
 
-  /** One pipelined batch; true when Redis did not confirm all of it. */
-  async #send (batch: Item[]): Promise<boolean> {
+  /** One pipelined batch; the first refusal, if Redis did not confirm all of it. */
+  async #send (batch: Item[]): Promise<Error | undefined> {
+    const lease = this.options.fence()
+    if (lease === undefined) return new Error('FENCED this worker does not hold the lease')
     const pipeline = this.redis().pipeline()
     const k = this.keys
-    const lease = this.options.fenceToken()
     for (const item of batch) {
       item.counter ??= ++this.#counter
-      pipeline.fanoutPublish(k.events, k.meta, k.publisher(this.publisherId), k.lease, item.body, this.options.historySize,
-        k.channel, this.options.publishCommand, item.counter, this.#floor, newEpoch(), lease)
+      pipeline.fanoutPublish(k.events, k.meta, k.publisher(this.#publisherId), k.lease, item.body, this.options.historySize,
+        k.channel, this.options.publishCommand, item.counter, this.#floor, newEpoch(), lease.token, lease.leaseMs)
     }
+    // WAIT in the same pipeline: the same connection, so it covers exactly these writes.
+    if (this.options.waitReplicas > 0) pipeline.wait(this.options.waitReplicas, WAIT_TIMEOUT_MS)
     const replies = await pipeline.exec().catch((err: Error) => batch.map((): [Error, null] => [err, null]))
+    const [waitErr, acked] = this.options.waitReplicas > 0 ? replies?.[batch.length] ?? [new Error('no reply'), 0] : [null, 0]
+    if (this.options.waitReplicas > 0 && (waitErr !== null || Number(acked) < this.options.waitReplicas)) {
+      // Not yet on enough replicas: a failover now could lose these. Keep them all and send them
+      // again: the script answers what it already ran with the ids it gave.
+      this.counters.waitShortfalls++
+      this.log.warn('wait', { acked: Number(acked), wanted: this.options.waitReplicas, err: waitErr?.message },
+        'replicas did not confirm the latest events in time: kept in the outbox and re-sent')
+      return new Error(`WAIT ${String(acked)} of ${this.options.waitReplicas} replicas`)
+    }
     const confirmed = new Set<Item>()
     let refusal: Error | undefined
     batch.forEach((item, i) => {
@@ -118,7 +149,17 @@ export class Outbox {
     })
     if (confirmed.size > 0) this.#items = this.#items.filter((item) => !confirmed.has(item))
     if (refusal) this.#refused(refusal, batch.length - confirmed.size)
-    return refusal !== undefined
+    return refusal
+  }
+
+  /** Drops every event held: a worker that lost the lease must not publish what it made. */
+  #abandon (reason: string): void {
+    const items = this.#items.splice(0)
+    this.counters.fencedDropped += items.length
+    this.log.warn('fenced', { dropped: items.length, reason }, 'this worker no longer leads: dropped the events it still held')
+    for (const item of items) item.reject(new Error(`dropped: ${reason}`))
+    this.#publisherId = randomUUID()
+    this.#counter = 0
   }
 
   /**
@@ -154,6 +195,7 @@ export class Outbox {
     const deadline = Date.now() + 2000
     while (this.#items.length > 0 && this.redis().status === 'ready' && Date.now() < deadline) await delay(10)
     this.#closed = true
+    await this.#sending
     for (const item of this.#items.splice(0)) item.reject(new Error('broker closed before Redis took the event'))
   }
 }

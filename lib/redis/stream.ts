@@ -44,15 +44,22 @@ export const DEDUPE_WINDOW = 1024
  * - A history that lost what this publisher knows it wrote (deleted, evicted, flushed, a restart
  *   without persistence, a failover to a replica that lagged) starts a new epoch, with seq from 1,
  *   so replicas and resuming clients can tell.
+ * - Fenced: with a lease token, only the lease's holder publishes (a lease that vanished with the
+ *   data is taken back, as a renewal would).
  * - `#!lua` makes Redis refuse the whole script up front at maxmemory (noeviction), before any write.
  *
  * KEYS: events, meta, publisher record, lease.
  * ARGV: body, maxlen, channel, publish command (PUBLISH | SPUBLISH), counter, floor id,
- *       new-epoch name, lease token ('' = not fenced).
+ *       new-epoch name, lease token ('' = not fenced), lease ms.
  */
 export const PUBLISH_SCRIPT = `#!lua
-if ARGV[8] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[8] then
-  return redis.error_reply('FENCED this publisher does not hold the lease')
+if ARGV[8] ~= '' then
+  local holder = redis.call('GET', KEYS[4])
+  if not holder then
+    redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[9]) -- lost with the data (FLUSHALL, a restart): take it back
+  elseif holder ~= ARGV[8] then
+    return redis.error_reply('FENCED this publisher does not hold the lease')
+  end
 end
 local counter = tonumber(ARGV[5])
 local applied = tonumber(redis.call('HGET', KEYS[3], 'counter') or '0')

@@ -8,6 +8,10 @@ export function newCounters () {
     resubscribes: 0,
     published: 0,
     outboxDropped: 0,
+    /** Events a worker dropped on finding that another one holds the lease. */
+    fencedDropped: 0,
+    /** Batches published but not yet confirmed by REDIS_WAIT_REPLICAS replicas in time: kept and re-sent. */
+    waitShortfalls: 0,
     /** Error replies and failed calls to Redis, of any command. */
     commandErrors: 0,
     repairs: 0,
