@@ -3,7 +3,7 @@ import pino from 'pino'
 import { loadEnv, type Env } from './lib/config.js'
 import { startPublisher } from './lib/publisher.js'
 import { RedisBroker } from './lib/redis-broker.js'
-import { fail } from './lib/fail.js'
+import { fail } from './tools/fail.js'
 
 /** The publisher worker: guest events on the random schedule, into Redis. */
 let env: Env

@@ -1,19 +1,11 @@
 import type { Socket } from 'node:net'
 import * as ws from 'ws'
 import { WebSocket } from 'ws'
+import type { Identity } from './auth.js'
 import type { History } from './broker.js'
 import { compareIds, type BrokerEvent } from './event.js'
-import type { Stats } from './metrics.js'
-
-/**
- * The close codes this project sends itself (RFC 6455 §7.4.1, IANA registry). ws sends 1002,
- * 1007 and 1009 on its own for malformed, non-UTF-8 and oversize frames.
- */
-export const CloseCode = {
-  POLICY: 1008,
-  RESTART: 1012,
-  TRY_AGAIN_LATER: 1013
-} as const
+import { CloseCode, type ControlMessage } from './protocol.js'
+import type { Stats } from './stats.js'
 
 export interface HubOptions {
   /** Bytes a client may have waiting to be written before it is cut off as a slow consumer. */
@@ -23,7 +15,29 @@ export interface HubOptions {
   stats: Stats
 }
 
-/** One connected socket, as the hub sees it. */
+/**
+ * How a client's bytes reach it: the hub writes a transport's pre-built bytes straight to its TCP
+ * socket, so a transport says what that socket is and how an event and a message look on it.
+ * WebSocket (below) and EventSource (lib/sse.ts) are the two.
+ */
+export interface Transport {
+  readonly raw: Socket
+  readonly open: boolean
+  /** Whether the peer answers pings; one that does not is kept alive by TCP and the buffer cap alone. */
+  readonly answersPings: boolean
+  /** The event's bytes on this transport: built once per event, cached on it, then reused. */
+  frame (event: BrokerEvent): Buffer
+  /** A message for this client alone; `type` names a control message. */
+  message (data: string | Buffer, type?: string): Buffer
+  ping (): void
+  onPong (listener: () => void): void
+  /** A close the server starts; a peer that does not answer it is dropped (CLOSE_GRACE_MS). */
+  close (code: number, reason: string): void
+  terminate (): void
+  onClose (listener: () => void): void
+}
+
+/** One connected client, as the hub sees it. */
 export class Client {
   /** Live events held back while this client's replay is read from history. */
   held: BrokerEvent[] | undefined
@@ -36,9 +50,34 @@ export class Client {
    * delivers in id order.
    */
   lastId: string | undefined
+  /** What `authorize` returned for this connection. */
+  identity: Identity = {}
   readonly raw: Socket
 
-  constructor (readonly ws: WebSocket, readonly control: boolean) {
+  constructor (readonly transport: Transport, readonly control: boolean) {
+    this.raw = transport.raw
+  }
+
+  get open (): boolean { return this.transport.open }
+
+  frame (event: BrokerEvent): Buffer { return this.transport.frame(event) }
+
+  close (code: number, reason: string): void { this.transport.close(code, reason) }
+
+  terminate (): void { this.transport.terminate() }
+
+  /** Whether a resumed client already got event `id` in its replay. */
+  hasSeen (id: string): boolean {
+    return this.lastId !== undefined && compareIds(id, this.lastId) <= 0
+  }
+}
+
+/** A WebSocket as a transport. */
+export class WebSocketTransport implements Transport {
+  readonly raw: Socket
+  readonly answersPings = true
+
+  constructor (readonly ws: WebSocket) {
     // The TCP socket under ws. The hub writes pre-framed bytes to it directly; that is only sound
     // because permessage-deflate is off for these routes and nothing sends Blobs, the two cases
     // in which ws queues frames itself (ws/lib/sender.js, `_state`).
@@ -46,10 +85,16 @@ export class Client {
   }
 
   get open (): boolean { return this.ws.readyState === WebSocket.OPEN }
-
-  /** Whether a resumed client already got event `id` in its replay. */
-  hasSeen (id: string): boolean {
-    return this.lastId !== undefined && compareIds(id, this.lastId) <= 0
+  frame (event: BrokerEvent): Buffer { return frameOf(event) }
+  message (data: string | Buffer): Buffer { return textFrame(data) }
+  ping (): void { this.ws.ping() }
+  onPong (listener: () => void): void { this.ws.on('pong', listener) }
+  // ws drops a peer that does not answer after its closeTimeout (plugins/websocket.ts).
+  close (code: number, reason: string): void { this.ws.close(code, reason) }
+  terminate (): void { this.ws.terminate() }
+  onClose (listener: () => void): void {
+    if (this.ws.readyState === WebSocket.CLOSED) listener()
+    else this.ws.once('close', listener)
   }
 }
 
@@ -89,13 +134,17 @@ export class Hub {
 
   get size (): number { return this.clients.size }
 
-  /** Tracks a connection; with `subscribe`, it receives every broadcast event. */
+  /** Tracks a WebSocket; with `subscribe`, it receives every broadcast event. */
   add (ws: WebSocket, control: boolean, subscribe = true): Client {
-    const client = new Client(ws, control)
+    return this.addClient(new Client(new WebSocketTransport(ws), control), subscribe)
+  }
+
+  /** Tracks a client of any transport; with `subscribe`, it receives every broadcast event. */
+  addClient (client: Client, subscribe = true): Client {
     this.clients.add(client)
     if (subscribe) this.#subscribers.add(client)
-    ws.on('pong', () => { client.alive = true })
-    ws.once('close', () => {
+    client.transport.onPong(() => { client.alive = true })
+    client.transport.onClose(() => {
       this.clients.delete(client)
       this.#subscribers.delete(client)
     })
@@ -106,9 +155,9 @@ export class Hub {
   deliver (event: BrokerEvent): void {
     const stats = this.#options.stats
     stats.eventsIn++
-    const frame = frameOf(event)
     let delivered = 0
     for (const client of this.#subscribers) {
+      const frame = client.frame(event)
       if (client.held) {
         client.held.push(event)
         client.heldBytes += frame.length
@@ -136,7 +185,7 @@ export class Hub {
       history = await read(since)
     } catch (err) {
       client.held = undefined
-      client.ws.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
+      client.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
       throw err
     }
     await this.#replay(client, history.events)
@@ -163,7 +212,7 @@ export class Hub {
     for (const event of events) {
       if (!client.open) return
       if (client.hasSeen(event.id)) continue
-      if (this.#write(client, frameOf(event))) {
+      if (this.#write(client, client.frame(event))) {
         client.lastId = event.id
         this.#options.stats.deliveries++
       }
@@ -172,12 +221,12 @@ export class Hub {
   }
 
   /** A message for one client only (control messages, /ask answers), in order with events. */
-  send (client: Client, data: string | Buffer): boolean {
-    return this.#write(client, textFrame(data))
+  send (client: Client, data: string | Buffer, type?: string): boolean {
+    return this.#write(client, client.transport.message(data, type))
   }
 
-  sendJson (client: Client, message: Record<string, unknown>): boolean {
-    return this.send(client, JSON.stringify(message))
+  sendJson (client: Client, message: ControlMessage): boolean {
+    return this.send(client, JSON.stringify(message), message.type)
   }
 
   #write (client: Client, frame: Buffer): boolean {
@@ -211,8 +260,8 @@ export class Hub {
     if (!client.open) return
     this.#options.stats.slowConsumerDrops++
     client.held = undefined
-    client.ws.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
-    client.ws.terminate()
+    client.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
+    client.terminate()
   }
 
   #ping (): void {
@@ -220,11 +269,11 @@ export class Hub {
       if (!client.open) continue
       if (!client.alive) {
         this.#options.stats.heartbeatTimeouts++
-        client.ws.terminate()
+        client.terminate()
         continue
       }
-      client.alive = false
-      client.ws.ping()
+      client.alive = !client.transport.answersPings
+      client.transport.ping()
     }
   }
 
@@ -238,19 +287,20 @@ export class Hub {
     if (clients.length === 0) return
     const step = windowMs / clients.length
     const closed = clients.map((client, i) => new Promise<void>((resolve) => {
-      if (client.ws.readyState === WebSocket.CLOSED) return resolve()
-      client.ws.once('close', () => resolve())
-      const timer = setTimeout(() => client.ws.close(code, reason), Math.floor(i * step))
-      client.ws.once('close', () => clearTimeout(timer))
+      const timer = setTimeout(() => client.close(code, reason), Math.floor(i * step))
+      client.transport.onClose(() => {
+        clearTimeout(timer)
+        resolve()
+      })
     }))
     const deadline = new Promise<void>((resolve) => setTimeout(resolve, windowMs + 1000).unref())
     await Promise.race([Promise.all(closed), deadline])
-    for (const client of this.clients) client.ws.terminate()
+    for (const client of this.clients) client.terminate()
   }
 
   close (): void {
     clearInterval(this.#heartbeat)
-    for (const client of this.clients) client.ws.terminate()
+    for (const client of this.clients) client.terminate()
   }
 }
 
