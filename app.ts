@@ -37,8 +37,8 @@ export default fp<FanoutOptions>(async (fastify, opts) => {
   if (servers.has(fastify.server)) {
     throw new ConfigError('fastify-fanout is already registered on this server: register it once, and place its routes with `prefix` and the path options')
   }
-  servers.add(fastify.server)
   const options = resolveOptions(opts)
+  servers.add(fastify.server)
   await fastify.register(fanoutCore, options)
   await fastify.register(websocket, options)
   await fastify.register(metrics, options)
