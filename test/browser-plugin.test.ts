@@ -2,6 +2,7 @@
 // EventSource transport, with the browser's own Last-Event-ID resume.
 import { chromium, type Page } from 'playwright-core'
 import t, { type Test } from 'tap'
+import { refuse } from '../app.js'
 import { build, waitFor } from './helper.js'
 
 const PNG = Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'), Buffer.alloc(300, 5)])
@@ -65,6 +66,20 @@ t.test('EventSource in Chromium: the demo page on ?transport=sse, and Last-Event
   await page.waitForFunction((id) => document.querySelector('#guests li')?.getAttribute('data-id') === id, live, { timeout: 10_000 })
   t.same(errors, [])
   t.same(failed, [])
+})
+
+t.test('where WebSockets are blocked, the demo page falls back to EventSource by itself', async (t) => {
+  // As a proxy that drops upgrades would: every WebSocket handshake refused, plain GETs admitted.
+  const { url, app } = await build(t, {
+    authorize: (request) => request.headers.upgrade ? refuse(403, 'no WebSockets through here') : {},
+    publisher: { minDelayMs: 100, maxDelayMs: 200 }
+  })
+  const { page, errors } = await openPage(t)
+  await page.goto(url)
+  await stateIs(page, 'connected (EventSource)')
+  await page.waitForFunction(() => document.querySelectorAll('#guests li').length >= 2, undefined, { timeout: 10_000 })
+  t.ok(app.fanout.stats.handshakesRefused >= 2, 'it tried the WebSocket first')
+  t.same(errors, [])
 })
 
 t.test('EventSource from another origin: admitted when listed, with its CORS header; refused otherwise', async (t) => {
