@@ -225,7 +225,8 @@ export class Hub {
     return this.#write(client, client.transport.message(data, type))
   }
 
-  sendJson (client: Client, message: ControlMessage): boolean {
+  /** A control message (a `ControlMessage`, or one the hub's own code adds) as JSON. */
+  sendJson (client: Client, message: ControlMessage | { type: string, [field: string]: unknown }): boolean {
     return this.send(client, JSON.stringify(message), message.type)
   }
 
