@@ -13,6 +13,9 @@ export interface Identity {
   [field: string]: unknown
 }
 
+/** The identity of every connection when there is no `authorize`: one shared object, not one each. */
+export const ANONYMOUS: Identity = Object.freeze({})
+
 /** A refused connection: an HTTP status and a reason, answered before the upgrade. */
 export class Refusal {
   constructor (readonly status: 401 | 403, readonly reason: string) {}

@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net'
 import * as ws from 'ws'
 import { WebSocket } from 'ws'
-import type { Identity } from './auth.js'
+import { ANONYMOUS, type Identity } from './auth.js'
 import type { History } from './broker.js'
 import { compareIds, type BrokerEvent } from './event.js'
 import { CloseCode, type ControlMessage } from './protocol.js'
@@ -51,7 +51,7 @@ export class Client {
    */
   lastId: string | undefined
   /** What `authorize` returned for this connection. */
-  identity: Identity = {}
+  identity: Identity = ANONYMOUS
   readonly raw: Socket
 
   constructor (readonly transport: Transport, readonly control: boolean) {

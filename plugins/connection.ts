@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
-import { Refusal, type Identity } from '../lib/auth.js'
+import { ANONYMOUS, Refusal, type Identity } from '../lib/auth.js'
 import { InboundLimiter } from '../lib/limits.js'
 import { originAllowed } from '../lib/origins.js'
 import { CloseCode } from '../lib/protocol.js'
@@ -33,7 +33,7 @@ export async function admitConnection (this: FastifyInstance, request: FastifyRe
   }
   const authorize = this.fanout.authorize
   if (authorize === undefined) {
-    request.fanoutIdentity = {}
+    request.fanoutIdentity = ANONYMOUS
     return
   }
   const result = await authorize(request)

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import { makeGuest } from '../lib/guests.js'
+import { ANONYMOUS } from '../lib/auth.js'
 import { PROTOCOL } from '../lib/protocol.js'
 import { admitConnection, logText, onInbound } from '../plugins/connection.js'
 
@@ -11,7 +12,7 @@ export default async function askRoutes (fastify: FastifyInstance): Promise<void
   if (options.askPath === false) return
   fastify.get(options.askPath, { websocket: true, onRequest: admitConnection }, (socket, request) => {
     const client = hub.add(socket, socket.protocol === PROTOCOL, false)
-    client.identity = request.fanoutIdentity ?? {}
+    client.identity = request.fanoutIdentity ?? ANONYMOUS
     onInbound(fastify, socket, request, (data, isBinary) => {
       if (isBinary) return // the PHP server answers text; uploads belong to /guest
       logText(fastify, request, data)

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ID_PATTERN } from '../lib/event.js'
 import type { Client } from '../lib/hub.js'
+import { ANONYMOUS } from '../lib/auth.js'
 import { PROTOCOL } from '../lib/protocol.js'
 import { acceptsEventStream, openEventStream } from '../lib/sse.js'
 import { UploadError, UploadQueue } from '../lib/uploads.js'
@@ -34,13 +35,13 @@ export default async function guestRoutes (fastify: FastifyInstance): Promise<vo
           .send({ error: 'connect with a WebSocket, or as an EventSource (Accept: text/event-stream)' })
       }
       const client = openEventStream(request, reply, options.allowedOrigins)
-      client.identity = request.fanoutIdentity ?? {}
+      client.identity = request.fanoutIdentity ?? ANONYMOUS
       hub.addClient(client)
       resumeIfAsked(fastify, client, request, request.headers['last-event-id'] ?? request.query.since)
     },
     wsHandler (socket, request) {
       const client = hub.add(socket, socket.protocol === PROTOCOL)
-      client.identity = request.fanoutIdentity ?? {}
+      client.identity = request.fanoutIdentity ?? ANONYMOUS
       const queue = new UploadQueue(() => socket.pause(), () => socket.resume())
       // Listeners first, before anything async, or early messages are lost.
       onInbound(fastify, socket, request, (data, isBinary) => {
