@@ -2,7 +2,7 @@
 // from Last-Event-ID exactly as ?since= resumes, through the same hub and its slow-consumer cap.
 import { connect as netConnect } from 'node:net'
 import t from 'tap'
-import { build, waitFor, type TestApp } from './helper.js'
+import { build, connect, waitFor, type TestApp } from './helper.js'
 
 type Tap = Parameters<typeof build>[0]
 
@@ -53,13 +53,15 @@ async function publishMany (app: TestApp['app'], n: number): Promise<string[]> {
 }
 
 t.test('the stream as EventSource records: id, then the same JSON the WebSocket sends', async (t) => {
-  const { app, url } = await build(t)
+  const { app, url, ws } = await build(t)
   const client = await stream(t, `${url}/guest`)
   t.equal(client.status, 200)
-  await waitFor(() => app.fanout.hub.size === 1)
+  const socket = await connect(t, `${ws}/guest`)
+  await waitFor(() => app.fanout.hub.size === 2)
   const [id] = await publishMany(app, 1)
-  await waitFor(() => client.records.length === 1, 5000, 'the record')
-  t.same(client.records[0], { id, data: `{"id":"${id}","type":"news","n":0}` })
+  await waitFor(() => client.records.length === 1 && socket.messages.length === 1, 5000, 'the record and the frame')
+  t.same(client.records[0], { id, data: socket.messages[0] }, 'the EventSource data is the WebSocket message, byte for byte')
+  t.match(JSON.parse(socket.messages[0]), { id, type: 'news', n: 0 })
 })
 
 t.test('Last-Event-ID resumes exactly after it, as ?since= does, then live', async (t) => {
