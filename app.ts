@@ -1,39 +1,54 @@
 import fp from 'fastify-plugin'
+import { ConfigError } from './lib/config.js'
 import { resolveOptions, type FanoutOptions } from './lib/options.js'
 import fanoutCore from './plugins/fanout.js'
 import metrics from './plugins/metrics.js'
 import publisher from './plugins/publisher.js'
-import staticFiles from './plugins/static.js'
 import websocket from './plugins/websocket.js'
 import askRoutes from './routes/ask.js'
+import demoRoutes from './routes/demo.js'
 import guestRoutes from './routes/guest.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
 
-export type { FanoutOptions } from './lib/options.js'
-export type { Fanout } from './plugins/fanout.js'
+export type { FanoutOptions, PublisherOptions, ResolvedOptions } from './lib/options.js'
+export type { Fanout, Snapshot } from './plugins/fanout.js'
 export type { Broker, BrokerState, Gap, Replay } from './lib/broker.js'
 export type { BrokerEvent, EventBody } from './lib/event.js'
+export type { Authorize, Identity } from './lib/auth.js'
+export type { AckMessage, ControlMessage, ErrorMessage, FanoutEvent, GuestEvent, ResumeMessage, UploadErrorCode } from './lib/protocol.js'
+export type { Counters } from './lib/stats.js'
+export { Refusal, refuse } from './lib/auth.js'
+export { ConfigError } from './lib/config.js'
+export { CloseCode, PROTOCOL, TOKEN_PROTOCOL_PREFIX } from './lib/protocol.js'
 export { MemoryBroker } from './lib/memory-broker.js'
 export { RedisBroker } from './lib/redis/broker.js'
-export { CloseCode } from './lib/hub.js'
+
+// One registration per HTTP server: the plugin owns the server's upgrade handling, its drain and
+// `fastify.fanout`. More streams in one app are a matter of more events, not more plugins.
+const servers = new WeakSet<object>()
 
 /**
- * fastify-fanout: register it in any Fastify app. It adds `fastify.fanout`, the WebSocket routes
- * (`/guest`, `/ask`), `/healthz`, `/readyz`, `/metrics` and the demo page at `/`.
+ * fastify-fanout: register it in any Fastify app. It adds `fastify.fanout` and the event stream
+ * at `/guest` (WebSocket and EventSource); the other routes are off unless given a path
+ * (README, "Use it in your own app"). Every route goes under the `prefix` it is registered with.
  */
 export default fp<FanoutOptions>(async (fastify, opts) => {
+  if (servers.has(fastify.server)) {
+    throw new ConfigError('fastify-fanout is already registered on this server: register it once, and place its routes with `prefix` and the path options')
+  }
   const options = resolveOptions(opts)
+  servers.add(fastify.server)
   await fastify.register(fanoutCore, options)
   await fastify.register(websocket, options)
   await fastify.register(metrics, options)
-  await fastify.register(staticFiles, options)
-  // Routes live in their own scope, so their hooks stay theirs.
+  // Routes live in their own scope, so their hooks stay theirs; `prefix` applies to them all.
   await fastify.register(async (routes) => {
     await routes.register(guestRoutes)
     await routes.register(askRoutes)
     await routes.register(healthRoutes)
     await routes.register(metricsRoutes)
-  })
+    await routes.register(demoRoutes)
+  }, { prefix: opts.prefix })
   await fastify.register(publisher, options)
 }, { name: 'fastify-fanout', fastify: '5.x' })

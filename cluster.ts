@@ -9,7 +9,7 @@ import { basename, dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { fail } from './lib/fail.js'
+import { fail } from './tools/fail.js'
 import { freePort } from './lib/free-port.js'
 
 const here = dirname(fileURLToPath(import.meta.url))

@@ -17,9 +17,11 @@ export interface BrokerEvent {
   epoch?: string
   /** Its WebSocket frame, built by the hub the first time it is sent, then reused. */
   frame?: Buffer
-  /** The frames of this event and those after it in a replay, joined once for every resuming client. */
-  block?: { frames: Buffer, count: number, lastId: string }
+  /** Per transport, the frames of this event and those after it in a replay, joined once for every resuming client. */
+  blocks?: Map<object, FrameBlock>
 }
+
+export interface FrameBlock { frames: Buffer, count: number, lastId: string }
 
 const ID_PREFIX = '{"id":"'
 const EPOCH_PREFIX = '","epoch":"'

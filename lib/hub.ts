@@ -2,19 +2,11 @@ import type { Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import * as ws from 'ws'
 import { WebSocket } from 'ws'
+import { ANONYMOUS, type Identity } from './auth.js'
 import type { Gap, Replay } from './broker.js'
-import { compareIds, type BrokerEvent } from './event.js'
-import type { Stats } from './metrics.js'
-
-/**
- * The close codes this project sends itself (RFC 6455 §7.4.1, IANA registry). ws sends 1002,
- * 1007 and 1009 on its own for malformed, non-UTF-8 and oversize frames.
- */
-export const CloseCode = {
-  POLICY: 1008,
-  RESTART: 1012,
-  TRY_AGAIN_LATER: 1013
-} as const
+import { compareIds, type BrokerEvent, type FrameBlock } from './event.js'
+import { CloseCode, type ControlMessage } from './protocol.js'
+import type { Stats } from './stats.js'
 
 /** The largest block of joined frames a replay writes at once. */
 const BLOCK_BYTES = 64 * 1024
@@ -31,7 +23,29 @@ export interface HubOptions {
   stats: Stats
 }
 
-/** One connected socket, as the hub sees it. */
+/**
+ * How a client's bytes reach it: the hub writes a transport's pre-built bytes straight to its TCP
+ * socket, so a transport says what that socket is and how an event and a message look on it.
+ * WebSocket (below) and EventSource (lib/sse.ts) are the two.
+ */
+export interface Transport {
+  readonly raw: Socket
+  readonly open: boolean
+  /** Whether the peer answers pings; one that does not is kept alive by TCP and the buffer cap alone. */
+  readonly answersPings: boolean
+  /** The event's bytes on this transport: built once per event, cached on it, then reused. */
+  frame (event: BrokerEvent): Buffer
+  /** A message for this client alone; `type` names a control message. */
+  message (data: string | Buffer, type?: string): Buffer
+  ping (): void
+  onPong (listener: () => void): void
+  /** A close the server starts; a peer that does not answer it is dropped (CLOSE_GRACE_MS). */
+  close (code: number, reason: string): void
+  terminate (): void
+  onClose (listener: () => void): void
+}
+
+/** One connected client, as the hub sees it. */
 export class Client {
   /** Live events held back while this client's replay is read from history. */
   held: BrokerEvent[] | undefined
@@ -46,9 +60,34 @@ export class Client {
    * delivers in id order.
    */
   lastId: string | undefined
+  /** What `authorize` returned for this connection. */
+  identity: Identity = ANONYMOUS
   readonly raw: Socket
 
-  constructor (readonly ws: WebSocket, readonly control: boolean) {
+  constructor (readonly transport: Transport, readonly control: boolean) {
+    this.raw = transport.raw
+  }
+
+  get open (): boolean { return this.transport.open }
+
+  frame (event: BrokerEvent): Buffer { return this.transport.frame(event) }
+
+  close (code: number, reason: string): void { this.transport.close(code, reason) }
+
+  terminate (): void { this.transport.terminate() }
+
+  /** Whether a resumed client already got event `id` in its replay. */
+  hasSeen (id: string): boolean {
+    return this.lastId !== undefined && compareIds(id, this.lastId) <= 0
+  }
+}
+
+/** A WebSocket as a transport. */
+export class WebSocketTransport implements Transport {
+  readonly raw: Socket
+  readonly answersPings = true
+
+  constructor (readonly ws: WebSocket) {
     // The TCP socket under ws. The hub writes pre-framed bytes to it directly; that is only sound
     // because permessage-deflate is off for these routes and nothing sends Blobs, the two cases
     // in which ws queues frames itself (ws/lib/sender.js, `_state`).
@@ -56,10 +95,16 @@ export class Client {
   }
 
   get open (): boolean { return this.ws.readyState === WebSocket.OPEN }
-
-  /** Whether a resumed client already got event `id` in its replay. */
-  hasSeen (id: string): boolean {
-    return this.lastId !== undefined && compareIds(id, this.lastId) <= 0
+  frame (event: BrokerEvent): Buffer { return frameOf(event) }
+  message (data: string | Buffer): Buffer { return textFrame(data) }
+  ping (): void { this.ws.ping() }
+  onPong (listener: () => void): void { this.ws.on('pong', listener) }
+  // ws drops a peer that does not answer after its closeTimeout (plugins/websocket.ts).
+  close (code: number, reason: string): void { this.ws.close(code, reason) }
+  terminate (): void { this.ws.terminate() }
+  onClose (listener: () => void): void {
+    if (this.ws.readyState === WebSocket.CLOSED) listener()
+    else this.ws.once('close', listener)
   }
 }
 
@@ -101,13 +146,17 @@ export class Hub {
 
   get size (): number { return this.clients.size }
 
-  /** Tracks a connection; with `subscribe`, it receives every broadcast event. */
+  /** Tracks a WebSocket; with `subscribe`, it receives every broadcast event. */
   add (ws: WebSocket, control: boolean, subscribe = true): Client {
-    const client = new Client(ws, control)
+    return this.addClient(new Client(new WebSocketTransport(ws), control), subscribe)
+  }
+
+  /** Tracks a client of any transport; with `subscribe`, it receives every broadcast event. */
+  addClient (client: Client, subscribe = true): Client {
     this.clients.add(client)
     if (subscribe) this.#subscribers.add(client)
-    ws.on('pong', () => { client.alive = true })
-    ws.once('close', () => {
+    client.transport.onPong(() => { client.alive = true })
+    client.transport.onClose(() => {
       this.clients.delete(client)
       this.#subscribers.delete(client)
     })
@@ -118,12 +167,11 @@ export class Hub {
   deliver (event: BrokerEvent): void {
     const stats = this.#options.stats
     stats.eventsIn++
-    const frame = frameOf(event)
     let delivered = 0
     for (const client of this.#subscribers) {
-      if (client.queued) {
-        continue
-      } else if (client.held) {
+      if (client.queued) continue
+      const frame = client.frame(event)
+      if (client.held) {
         client.held.push(event)
         client.heldBytes += frame.length
         if (client.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
@@ -143,7 +191,7 @@ export class Hub {
    * replay's own `lost`.
    */
   deliverGap (gap: Gap): void {
-    const message = { type: 'gap', after: gap.after ?? null, lost: gap.lost, reason: gap.reason }
+    const message = { type: 'gap', after: gap.after ?? null, lost: gap.lost, reason: gap.reason } as const
     for (const client of this.#subscribers) {
       if (client.control && !client.queued && !client.held) this.sendJson(client, message)
     }
@@ -172,7 +220,7 @@ export class Hub {
         }
       } catch (err) {
         client.held = undefined
-        client.ws.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
+        client.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
         throw err
       }
       // A client that names the epoch of its `since` learns of a reset even when ids cannot tell.
@@ -220,7 +268,9 @@ export class Hub {
   /**
    * Writes events to one client, waiting for its socket to drain whenever half the buffer cap is
    * queued: a replay may be far larger than MAX_BUFFERED_BYTES, and written in one go it would
-   * be cut off as a slow consumer however fast the client reads.
+   * be cut off as a slow consumer however fast the client reads. History pages go out as shared
+   * blocks of frames: one write per block, not per event, so thousands of resuming clients make
+   * a few objects each, not one per event.
    */
   async #replay (client: Client, events: BrokerEvent[], fromHistory = false): Promise<number> {
     let written = 0
@@ -229,44 +279,45 @@ export class Hub {
         i++
         continue
       }
-      // History pages go out as shared blocks of frames: one write per block, not per event,
-      // so thousands of resuming clients make a few objects each, not one per event.
-      const block = fromHistory ? this.#blockAt(events, i) : undefined
-      if (this.#write(client, block?.frames ?? frameOf(events[i]))) {
-        const count = block?.count ?? 1
+      const block = fromHistory ? this.#blockAt(client, events, i) : undefined
+      const count = block?.count ?? 1
+      if (this.#write(client, block?.frames ?? client.frame(events[i]))) {
         client.lastId = events[i + count - 1].id
         written += count
       }
-      i += block?.count ?? 1
+      i += count
       if (client.raw.writableLength > this.#options.maxBufferedBytes / 2) await drained(client)
     }
     this.#options.stats.deliveries += written
     return written
   }
 
-  /** The frames of `events[i]` and the events after it, up to a block's size, joined once. */
-  #blockAt (events: BrokerEvent[], i: number): NonNullable<BrokerEvent['block']> {
-    const cached = events[i].block
+  /** The frames of `events[i]` and the events after it, up to a block's size, joined once per transport. */
+  #blockAt (client: Client, events: BrokerEvent[], i: number): FrameBlock {
+    const kind = Object.getPrototypeOf(client.transport) as object
+    const blocks = events[i].blocks ??= new Map()
+    const cached = blocks.get(kind)
     if (cached && i + cached.count <= events.length && events[i + cached.count - 1].id === cached.lastId) return cached
     const limit = Math.min(BLOCK_BYTES, this.#options.maxBufferedBytes / 2)
     const frames: Buffer[] = []
     let bytes = 0
-    for (let j = i; j < events.length && (j === i || bytes + frameOf(events[j]).length <= limit); j++) {
-      frames.push(frameOf(events[j]))
-      bytes += frameOf(events[j]).length
+    for (let j = i; j < events.length && (j === i || bytes + client.frame(events[j]).length <= limit); j++) {
+      frames.push(client.frame(events[j]))
+      bytes += client.frame(events[j]).length
     }
     const block = { frames: frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes), count: frames.length, lastId: events[i + frames.length - 1].id }
-    events[i].block = block
+    blocks.set(kind, block)
     return block
   }
 
   /** A message for one client only (control messages, /ask answers), in order with events. */
-  send (client: Client, data: string | Buffer): boolean {
-    return this.#write(client, textFrame(data))
+  send (client: Client, data: string | Buffer, type?: string): boolean {
+    return this.#write(client, client.transport.message(data, type))
   }
 
-  sendJson (client: Client, message: Record<string, unknown>): boolean {
-    return this.send(client, JSON.stringify(message))
+  /** A control message (a `ControlMessage`, or one the hub's own code adds) as JSON. */
+  sendJson (client: Client, message: ControlMessage | { type: string, [field: string]: unknown }): boolean {
+    return this.send(client, JSON.stringify(message), message.type)
   }
 
   #write (client: Client, frame: Buffer): boolean {
@@ -300,8 +351,8 @@ export class Hub {
     if (!client.open) return
     this.#options.stats.slowConsumerDrops++
     client.held = undefined
-    client.ws.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
-    client.ws.terminate()
+    client.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
+    client.terminate()
   }
 
   #ping (): void {
@@ -309,11 +360,11 @@ export class Hub {
       if (!client.open) continue
       if (!client.alive) {
         this.#options.stats.heartbeatTimeouts++
-        client.ws.terminate()
+        client.terminate()
         continue
       }
-      client.alive = false
-      client.ws.ping()
+      client.alive = !client.transport.answersPings
+      client.transport.ping()
     }
   }
 
@@ -327,19 +378,20 @@ export class Hub {
     if (clients.length === 0) return
     const step = windowMs / clients.length
     const closed = clients.map((client, i) => new Promise<void>((resolve) => {
-      if (client.ws.readyState === WebSocket.CLOSED) return resolve()
-      client.ws.once('close', () => resolve())
-      const timer = setTimeout(() => client.ws.close(code, reason), Math.floor(i * step))
-      client.ws.once('close', () => clearTimeout(timer))
+      const timer = setTimeout(() => client.close(code, reason), Math.floor(i * step))
+      client.transport.onClose(() => {
+        clearTimeout(timer)
+        resolve()
+      })
     }))
     const deadline = new Promise<void>((resolve) => setTimeout(resolve, windowMs + 1000).unref())
     await Promise.race([Promise.all(closed), deadline])
-    for (const client of this.clients) client.ws.terminate()
+    for (const client of this.clients) client.terminate()
   }
 
   close (): void {
     clearInterval(this.#heartbeat)
-    for (const client of this.clients) client.ws.terminate()
+    for (const client of this.clients) client.terminate()
   }
 }
 

@@ -1,13 +1,16 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { constants as fsConstants } from 'node:fs'
-import { access, mkdir, open, rename, statfs, unlink, type FileHandle } from 'node:fs/promises'
+import { access, mkdir, open, readdir, rename, stat, statfs, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileTypeFromBuffer } from 'file-type'
+import type { UploadErrorCode } from './protocol.js'
 
 export interface UploadOptions {
   dir: string
   /** Refuse an upload that would leave less than this many bytes free on the upload filesystem. */
   minFreeBytes: number
+  /** Refuse an upload that would bring the uploads in `dir` over this many bytes; undefined: none. */
+  quotaBytes?: number | undefined
 }
 
 export interface SavedUpload {
@@ -16,8 +19,6 @@ export interface SavedUpload {
   sha256: string
   mime: string
 }
-
-export type UploadErrorCode = 'disk_full' | 'write_failed' | 'unauthorized' | 'too_big'
 
 export class UploadError extends Error {
   constructor (readonly code: UploadErrorCode, message: string) {
@@ -32,7 +33,15 @@ export class UploadError extends Error {
  * extension comes from the content's magic bytes, never from the client.
  */
 export class UploadStore {
+  /** Bytes of the uploads in the directory, counted at init and kept up to date since. */
+  #used = 0
+  /** Bytes promised to uploads being written now: checked against both limits, never overshot. */
+  #reserved = 0
+
   constructor (readonly options: UploadOptions) {}
+
+  /** What the quota counts: saved uploads, and the ones being written. */
+  get usedBytes (): number { return this.#used + this.#reserved }
 
   /** Creates the directory and proves it writable; throws a message fit for an operator. */
   async init (): Promise<void> {
@@ -43,16 +52,35 @@ export class UploadStore {
     } catch (err) {
       throw new Error(`UPLOAD_DIR ${dir} is not a writable directory (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
     }
+    if (this.options.quotaBytes !== undefined) this.#used = await sizeOfFiles(dir)
   }
 
-  async save (data: Buffer): Promise<SavedUpload> {
-    const { dir, minFreeBytes } = this.options
+  /** Saves one upload; `owner` (an identity's id) goes into its name. */
+  async save (data: Buffer, owner?: string): Promise<SavedUpload> {
+    const { dir, minFreeBytes, quotaBytes } = this.options
     const free = await freeBytes(dir)
-    if (free - data.length < minFreeBytes) {
+    // Check and reserve with no await in between: concurrent uploads each see the others' bytes.
+    if (quotaBytes !== undefined && this.#used + this.#reserved + data.length > quotaBytes) {
+      throw new UploadError('quota', `the upload directory's quota of ${quotaBytes} bytes has no room for ${data.length} more`)
+    }
+    if (free - this.#reserved - data.length < minFreeBytes) {
       throw new UploadError('disk_full', `not enough space for ${data.length} bytes: the upload directory keeps ${minFreeBytes} bytes free`)
     }
+    this.#reserved += data.length
+    try {
+      const saved = await this.#write(data, owner)
+      this.#used += data.length
+      return saved
+    } finally {
+      this.#reserved -= data.length
+    }
+  }
+
+  async #write (data: Buffer, owner: string | undefined): Promise<SavedUpload> {
+    const { dir } = this.options
     const type = await fileTypeFromBuffer(data)
-    const name = `${stamp(new Date())}-${randomBytes(6).toString('hex')}.${type?.ext ?? 'bin'}`
+    const who = owner === undefined ? '' : `${owner.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 32)}-`
+    const name = `${stamp(new Date())}-${who}${randomBytes(6).toString('hex')}.${type?.ext ?? 'bin'}`
     const temp = join(dir, `.tmp-${name}`)
     const final = join(dir, name)
     let file: FileHandle | undefined
@@ -86,6 +114,35 @@ function toUploadError (err: NodeJS.ErrnoException): UploadError {
   if (err.code === 'ENOSPC' || err.code === 'EDQUOT') return new UploadError('disk_full', 'the upload directory is full')
   if (err.code === 'EFBIG') return new UploadError('too_big', 'the file is larger than the filesystem allows')
   return new UploadError('write_failed', `the upload could not be saved (${err.code ?? 'error'})`)
+}
+
+/**
+ * One upload at a time per connection, so acks come back in the order the files were sent. While
+ * one is being written the connection is paused: memory per client stays at about one message,
+ * however slow the disk and whatever the rate limit admits. Tasks handle their own errors.
+ */
+export class UploadQueue {
+  #tail = Promise.resolve()
+  #pending = 0
+
+  constructor (readonly pause: () => void, readonly resume: () => void) {}
+
+  push (task: () => Promise<void>): void {
+    if (this.#pending++ === 0) this.pause()
+    this.#tail = this.#tail.then(task).finally(() => {
+      if (--this.#pending === 0) this.resume()
+    })
+  }
+}
+
+/** Bytes of the saved files in `dir`; temp files of writes in progress are not uploads yet. */
+async function sizeOfFiles (dir: string): Promise<number> {
+  let total = 0
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (!entry.isFile() || entry.name.startsWith('.tmp-')) continue
+    total += (await stat(join(dir, entry.name)).catch(() => ({ size: 0 }))).size
+  }
+  return total
 }
 
 async function freeBytes (dir: string): Promise<number> {

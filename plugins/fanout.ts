@@ -1,24 +1,35 @@
 import fp from 'fastify-plugin'
-import type { Broker } from '../lib/broker.js'
+import { uploadTokenAuthorize, type Authorize } from '../lib/auth.js'
+import type { Broker, BrokerState } from '../lib/broker.js'
 import { createBroker } from '../lib/create-broker.js'
 import type { EventBody } from '../lib/event.js'
 import { Hub } from '../lib/hub.js'
 import { TokenBucket } from '../lib/limits.js'
-import { Stats } from '../lib/metrics.js'
 import type { ResolvedOptions } from '../lib/options.js'
+import { Stats, type Counters } from '../lib/stats.js'
 import { UploadStore } from '../lib/uploads.js'
+
+/** What `snapshot()` returns: the metrics line's numbers, and the broker's own (`brokerStats`). */
+export interface Snapshot extends Counters {
+  connections: number
+  broker: BrokerState
+  /** Broker-specific numbers, e.g. Redis's `canaryRttMs`, `outboxLength`, `repairs`. */
+  brokerStats: Record<string, number>
+}
 
 /** What the plugin adds to a Fastify instance as `fastify.fanout`. */
 export interface Fanout {
   /** Sends an event to every client of every replica; resolves to its id. */
   publish (body: EventBody): Promise<string>
   /** Live numbers: connections, counters, broker state. */
-  snapshot (): Record<string, number | string>
+  snapshot (): Snapshot
   readonly broker: Broker
   readonly hub: Hub
   readonly stats: Stats
   readonly uploads: UploadStore
   readonly options: ResolvedOptions
+  /** The `authorize` in effect: yours, the upload token's, or none. */
+  readonly authorize: Authorize | undefined
   /** Admits one text log line; false once the replica-wide log rate is spent. */
   admitTextLog (): boolean
 }
@@ -40,7 +51,7 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
     maxConcurrentReplays: options.maxConcurrentReplays,
     stats
   })
-  const uploads = new UploadStore({ dir: options.uploadDir, minFreeBytes: options.uploadMinFreeBytes })
+  const uploads = new UploadStore({ dir: options.uploadDir, minFreeBytes: options.uploadMinFreeBytes, quotaBytes: options.uploadQuotaBytes })
   const textLog = new TokenBucket(options.textLogPerSec, options.textLogPerSec)
 
   fastify.addHook('onClose', async () => {
@@ -48,23 +59,25 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
     if (ownsBroker) await broker.close()
     stats.close()
   })
-  await uploads.init()
+  if (options.uploads) await uploads.init()
   broker.onStateChange((state) => fastify.log.info({ broker: broker.kind, state }, 'broker state changed'))
   await broker.subscribe((event) => hub.deliver(event), (gap) => hub.deliverGap(gap))
 
+  fastify.decorateRequest('fanoutIdentity', null)
   fastify.decorate('fanout', {
     publish: (body: EventBody) => broker.publish(body),
     snapshot: () => ({
       connections: hub.size,
       ...stats.counters(),
       broker: broker.state,
-      ...broker.stats()
+      brokerStats: broker.stats()
     }),
     broker,
     hub,
     stats,
     uploads,
     options,
+    authorize: options.authorize ?? (options.uploadToken === undefined ? undefined : uploadTokenAuthorize(options.uploadToken)),
     admitTextLog: () => textLog.take()
   })
 }, { name: 'fanout-core', fastify: '5.x' })

@@ -1,28 +1,13 @@
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { ResolvedOptions } from '../lib/options.js'
+import { COUNTERS, prometheusName, type CounterName } from '../lib/stats.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     fanoutMetrics: Registry
   }
 }
-
-const COUNTERS: Array<[string, string, string]> = [
-  ['eventsIn', 'fanout_events_in_total', 'Events this replica received from the broker'],
-  ['deliveries', 'fanout_deliveries_total', 'Event frames written to clients, replays included'],
-  ['replayed', 'fanout_replayed_total', 'Events replayed from history to resuming clients'],
-  ['replaysQueued', 'fanout_replays_queued_total', 'Resumes that waited for a replay slot'],
-  ['slowConsumerDrops', 'fanout_slow_consumer_drops_total', 'Clients cut off for not reading'],
-  ['heartbeatTimeouts', 'fanout_heartbeat_timeouts_total', 'Clients terminated for missing a ping'],
-  ['rateLimited', 'fanout_rate_limited_total', 'Clients closed for exceeding the inbound rate'],
-  ['handshakesRefused', 'fanout_handshakes_refused_total', 'Upgrades refused: origin, capacity'],
-  ['textMessages', 'fanout_text_messages_total', 'Text messages received'],
-  ['textLogSuppressed', 'fanout_text_log_suppressed_total', 'Text messages not logged over the log rate'],
-  ['uploads', 'fanout_uploads_total', 'Uploads saved'],
-  ['uploadBytes', 'fanout_upload_bytes_total', 'Bytes of uploads saved'],
-  ['uploadErrors', 'fanout_upload_errors_total', 'Uploads refused or failed']
-]
 
 const BROKER_STATES = ['connecting', 'ready', 'down', 'closed'] as const
 
@@ -41,11 +26,11 @@ function processMetrics (): Registry {
 export default fp<ResolvedOptions>(async (fastify, options) => {
   const { stats, hub, broker } = fastify.fanout
   const registry = new Registry()
-  for (const [key, name, help] of COUNTERS) {
+  for (const [key, help] of Object.entries(COUNTERS) as Array<[CounterName, string]>) {
     // Collected at scrape time from the plain counters the hot path bumps.
-    new Counter({ name, help, registers: [registry], collect () { this.reset(); this.inc(stats.counters()[key]) } }) // eslint-disable-line no-new
+    new Counter({ name: prometheusName(key), help, registers: [registry], collect () { this.reset(); this.inc(stats[key]) } }) // eslint-disable-line no-new
   }
-  new Gauge({ name: 'fanout_connections', help: 'Open WebSocket connections', registers: [registry], collect () { this.set(hub.size) } }) // eslint-disable-line no-new
+  new Gauge({ name: 'fanout_connections', help: 'Open connections (WebSocket and EventSource)', registers: [registry], collect () { this.set(hub.size) } }) // eslint-disable-line no-new
   new Gauge({ // eslint-disable-line no-new
     name: 'fanout_broker_state',
     help: 'Broker state: 1 for the current one',
@@ -57,10 +42,11 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
   })
   new Gauge({ // eslint-disable-line no-new
     name: 'fanout_broker_stat',
-    help: 'Broker numbers (README, "Metrics"): canaryRttMs (-1: none yet), outboxLength, commandErrors, repairs, epochChanges, gapsReported, …',
+    help: 'The broker\'s own numbers, by name, as its stats() reports them (README, "Metrics")',
     labelNames: ['name'],
     registers: [registry],
     collect () {
+      this.reset()
       for (const [name, value] of Object.entries(broker.stats())) this.set({ name }, value)
     }
   })
@@ -70,8 +56,10 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
     const timer = setInterval(() => {
       const loop = stats.loopDelay()
       stats.resetLoopDelay()
+      const { brokerStats, ...snapshot } = fastify.fanout.snapshot()
       fastify.log.info({
-        ...fastify.fanout.snapshot(),
+        ...snapshot,
+        ...brokerStats,
         loopDelayP99Ms: loop.p99,
         loopDelayMaxMs: loop.max,
         rssBytes: process.memoryUsage.rss()

@@ -1,10 +1,7 @@
 import websocket from '@fastify/websocket'
 import fp from 'fastify-plugin'
-import { CloseCode } from '../lib/hub.js'
 import type { ResolvedOptions } from '../lib/options.js'
-
-export const PROTOCOL = 'fanout.v1'
-export const TOKEN_PROTOCOL_PREFIX = 'fanout.token.'
+import { CLOSE_GRACE_MS, CloseCode, PROTOCOL } from '../lib/protocol.js'
 
 /** @fastify/websocket with the limits the routes rely on. */
 export default fp<ResolvedOptions>(async (fastify, options) => {
@@ -18,6 +15,11 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
       // The hub writes pre-framed bytes straight to each socket (lib/hub.ts): compression must stay
       // off. It also costs CPU and memory per connection and has a history of DoS bugs.
       perMessageDeflate: false,
+      // After a close the server starts (a protocol error, invalid UTF-8, an oversize message, a
+      // rate limit, a slow consumer) ws waits this long for the peer's answer, not 30 s: a peer
+      // that never answers would hold its connection slot meanwhile (RFC 6455 §7.1.7).
+      // ws 8.23 reads it; @types/ws does not declare it.
+      ...{ closeTimeout: CLOSE_GRACE_MS },
       // Choose fanout.v1 when offered. A client that offers only other protocols gets none.
       handleProtocols: (protocols) => protocols.has(PROTOCOL) ? PROTOCOL : false
     },

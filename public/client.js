@@ -1,9 +1,15 @@
 // The demo page: live guests, reconnect with jittered exponential backoff that resumes with
-// ?since=, text to the server, uploads with their ack. Plain browser JS, no build step.
+// ?since=, text to the server, uploads with their ack. Where WebSockets do not get through (or
+// with ?transport=sse in the page's URL) it falls back to EventSource, which receives only.
+// Plain browser JS, no build step.
 'use strict'
 
 const PROTOCOL = 'fanout.v1'
 const MAX_GUESTS = 50
+// The server writes the stream's path, prefix included, into the page.
+const STREAM = document.querySelector('meta[name="fanout-stream"]').content
+// WebSocket connections that closed without ever opening, in a row: after this many, EventSource.
+const FALLBACK_AFTER = 2
 const stateEl = document.getElementById('state')
 const guestsEl = document.getElementById('guests')
 const emptyEl = document.getElementById('empty')
@@ -15,6 +21,7 @@ let socket
 let lastId
 let attempt = 0
 let arrivals = 0
+let failedOpens = 0
 const pendingUploads = []
 
 function setState (name, text) {
@@ -23,12 +30,16 @@ function setState (name, text) {
 }
 
 function connect () {
-  const url = new URL('/guest', location.href)
+  if (failedOpens >= FALLBACK_AFTER || new URLSearchParams(location.search).get('transport') === 'sse') return listen()
+  const url = new URL(STREAM, location.href)
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:'
   if (lastId) url.searchParams.set('since', lastId)
   socket = new WebSocket(url, [PROTOCOL])
   socket.binaryType = 'arraybuffer'
+  let opened = false
   socket.onopen = () => {
+    opened = true
+    failedOpens = 0
     setState('open', 'connected')
   }
   socket.onmessage = (message) => {
@@ -40,11 +51,30 @@ function connect () {
     else if (data.type === 'error') settleUpload(data, false)
   }
   socket.onclose = (event) => {
+    if (!opened) failedOpens++
     // Full jitter: a replica's clients, cut at once, do not all come back at once.
     const delay = Math.random() * Math.min(30000, 500 * 2 ** attempt++)
     setState('reconnecting', `disconnected (${event.code}), retrying in ${(delay / 1000).toFixed(1)} s`)
     for (const item of pendingUploads.splice(0)) item.el.textContent = `${item.name}: connection lost before the ack`
     setTimeout(connect, delay)
+  }
+}
+
+/** EventSource: events only. It reconnects by itself, resuming with Last-Event-ID. */
+function listen () {
+  const url = new URL(STREAM, location.href)
+  if (lastId) url.searchParams.set('since', lastId)
+  const source = new EventSource(url)
+  socket = undefined
+  document.body.classList.add('receive-only')
+  source.onopen = () => setState('open', 'connected (EventSource)')
+  source.onmessage = (message) => {
+    const data = JSON.parse(message.data)
+    if (data.type === 'guest') showGuest(data)
+  }
+  source.addEventListener('resume', (message) => showResume(JSON.parse(message.data)))
+  source.onerror = () => {
+    if (source.readyState === EventSource.CONNECTING) setState('reconnecting', 'disconnected, reconnecting')
   }
 }
 
@@ -90,7 +120,7 @@ function upload (file) {
   li.textContent = `${file.name}: uploading ${file.size} bytes…`
   uploadsEl.prepend(li)
   if (!socket || socket.readyState !== WebSocket.OPEN) {
-    li.textContent = `${file.name}: not connected`
+    li.textContent = `${file.name}: ${document.body.classList.contains('receive-only') ? 'uploads need a WebSocket' : 'not connected'}`
     return
   }
   pendingUploads.push({ name: file.name, el: li })

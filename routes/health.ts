@@ -1,12 +1,14 @@
 import type { FastifyInstance } from 'fastify'
 
 export default async function healthRoutes (fastify: FastifyInstance): Promise<void> {
-  const { broker } = fastify.fanout
+  const { broker, options } = fastify.fanout
   // Liveness: the process answers. Restarting it would not fix a broker outage.
-  fastify.get('/healthz', async () => ({ status: 'ok' }))
+  if (options.healthPath !== false) fastify.get(options.healthPath, async () => ({ status: 'ok' }))
   // Readiness: this replica can deliver right now (for Redis: its canary came back in time).
-  fastify.get('/readyz', async (_request, reply) => {
-    const ready = broker.state === 'ready'
-    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'unavailable', broker: broker.kind, state: broker.state })
-  })
+  if (options.readyPath !== false) {
+    fastify.get(options.readyPath, async (_request, reply) => {
+      const ready = broker.state === 'ready'
+      return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'unavailable', broker: broker.kind, state: broker.state })
+    })
+  }
 }

@@ -151,7 +151,7 @@ t.test('the demo page reconnects with ?since and shows what it recovered', async
   t.ok(await page.locator('#recovered').isHidden())
 
   // Cut every socket, and publish before the page can come back: these it must recover.
-  for (const client of app.fanout.hub.clients) client.ws.terminate()
+  for (const client of app.fanout.hub.clients) client.terminate()
   const missed = await Promise.all(['王五', '赵六', '孙七'].map(publish))
 
   const note = page.locator('#recovered', { hasText: 'Reconnected' })

@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
+import type { WebSocketTransport } from '../lib/hub.js'
 import { build, connect, run, startServer, tempDir, waitFor, type TestClient } from './helper.js'
 
 const exec = promisify(execFile)
@@ -137,7 +138,8 @@ t.test('concurrent uploads from many clients each land whole, with no temp file 
 t.test('while an upload is written the sender is paused; every upload still lands, acked in order', async (t) => {
   const { app, ws, uploadDir } = await build(t, { rateBytesPerSec: 64 * 1024 * 1024, rateMessagesPerSec: 1000 })
   const client = await connect(t, `${ws}/guest`, { protocols: ['fanout.v1'] })
-  const [server] = [...app.fanout.hub.clients]
+  const [{ transport }] = [...app.fanout.hub.clients]
+  const server = transport as WebSocketTransport
   let sawPaused = false
   const watch = setInterval(() => { sawPaused ||= server.ws.isPaused }, 1)
   t.teardown(() => clearInterval(watch))

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { WebSocket } from 'ws'
 import fanout, { type FanoutOptions } from '../app.js'
+import { STANDALONE } from '../lib/config.js'
 import { freePort } from '../lib/free-port.js'
 
 export { freePort }
@@ -50,12 +51,13 @@ export interface TestApp {
   uploadDir: string
 }
 
-/** The plugin in a fresh Fastify instance, listening on a free port; closed at teardown. */
+/** The plugin in a fresh Fastify instance, routes as the standalone server has them, listening on a free port; closed at teardown. */
 export async function build (t: Tap, options: FanoutOptions = {}): Promise<TestApp> {
   const logs = new LogCapture()
   const uploadDir = options.uploadDir ?? tempDir(t, 'fanout-uploads-')
   const app = Fastify({ logger: { level: 'info', stream: logs } })
   await app.register(fanout, {
+    ...STANDALONE, // the standalone server's routes and uploads, which most tests exercise
     publisher: false,
     metricsIntervalMs: 0,
     uploadMinFreeBytes: 0,

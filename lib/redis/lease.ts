@@ -72,9 +72,8 @@ export class Lease {
       if (this.#token === undefined) {
         const token = randomUUID()
         if (await redis.fanoutLeaseRenew(this.key, token, this.leaseMs) === 1) this.#set(token)
-      } else if (await redis.fanoutLeaseRenew(this.key, this.#token, this.leaseMs) === 1) {
-      } else {
-        this.#set(undefined)
+      } else if (await redis.fanoutLeaseRenew(this.key, this.#token, this.leaseMs) !== 1) {
+        this.#set(undefined) // another holder has it: this one was paused or cut off past its lease
       }
     } catch (err) {
       this.log.warn('lease', { err: (err as Error).message }, 'could not renew or take the worker lease')

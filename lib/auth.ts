@@ -1,0 +1,55 @@
+import { timingSafeEqual } from 'node:crypto'
+import type { FastifyRequest } from 'fastify'
+import { TOKEN_PROTOCOL_PREFIX } from './protocol.js'
+
+/**
+ * Who a connection belongs to, as `authorize` said: attached to the connection for its lifetime.
+ * `id` names it in log lines and upload file names; `upload: false` refuses its uploads
+ * (`unauthorized`); any other field is yours, e.g. for per-user limits in your own code.
+ */
+export interface Identity {
+  id?: string
+  upload?: boolean
+  [field: string]: unknown
+}
+
+/** The identity of every connection when there is no `authorize`: one shared object, not one each. */
+export const ANONYMOUS: Identity = Object.freeze({})
+
+/** A refused connection: an HTTP status and a reason, answered before the upgrade. */
+export class Refusal {
+  constructor (readonly status: 401 | 403, readonly reason: string) {}
+}
+
+/** What `authorize` returns to refuse a connection: `return refuse(403, 'not a member')`. */
+export function refuse (status: 401 | 403, reason: string): Refusal {
+  return new Refusal(status, reason)
+}
+
+/**
+ * Runs before the upgrade (WebSocket) or the stream (EventSource). Returns the connection's
+ * identity, or a `refuse(...)`; `false` or `null` refuse with 401. A thrown error is a 500.
+ */
+export type Authorize = (request: FastifyRequest) => Identity | Refusal | false | null | Promise<Identity | Refusal | false | null>
+
+/**
+ * The upload token as an `authorize`: everyone may connect and receive events; a connection may
+ * upload only if its handshake carried the token, as `Authorization: Bearer <token>` or, for
+ * browsers (which cannot set headers), as the subprotocol `fanout.token.<token>`. Never logged.
+ */
+export function uploadTokenAuthorize (token: string): Authorize {
+  const expected = Buffer.from(token)
+  return (request) => {
+    const offered = [
+      request.headers.authorization?.replace(/^Bearer\s+/i, ''),
+      ...(request.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim())
+        .filter((p) => p.startsWith(TOKEN_PROTOCOL_PREFIX)).map((p) => p.slice(TOKEN_PROTOCOL_PREFIX.length))
+    ]
+    const upload = offered.some((candidate) => {
+      if (candidate === undefined) return false
+      const given = Buffer.from(candidate)
+      return given.length === expected.length && timingSafeEqual(given, expected)
+    })
+    return { upload }
+  }
+}

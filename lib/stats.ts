@@ -1,0 +1,66 @@
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks'
+
+/**
+ * Every counter, once: its name in the pino `metrics` line and in `stats`, and its Prometheus
+ * help. The Prometheus name is derived (`uploadBytes` → `fanout_upload_bytes_total`).
+ */
+export const COUNTERS = {
+  eventsIn: 'Events this replica received from the broker',
+  deliveries: 'Event frames written to clients, replays included',
+  replayed: 'Events replayed from history to resuming clients',
+  replaysQueued: 'Resumes that waited for a replay slot',
+  slowConsumerDrops: 'Clients cut off for not reading',
+  heartbeatTimeouts: 'Clients terminated for missing a ping',
+  rateLimited: 'Clients closed for exceeding the inbound rate',
+  handshakesRefused: 'Connections refused before the upgrade: origin, capacity, authorize',
+  textMessages: 'Text messages received',
+  textLogSuppressed: 'Text messages not logged over the log rate',
+  uploads: 'Uploads saved',
+  uploadBytes: 'Bytes of uploads saved',
+  uploadErrors: 'Uploads refused or failed'
+} as const
+
+export type CounterName = keyof typeof COUNTERS
+export type Counters = Record<CounterName, number>
+
+/** `uploadBytes` → `fanout_upload_bytes_total`. */
+export function prometheusName (counter: CounterName): string {
+  return `fanout_${counter.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}_total`
+}
+
+const NAMES = Object.keys(COUNTERS) as CounterName[]
+
+// The class carries one plain number field per counter (declared by this interface), bumped in
+// place: the broadcast path adds to them once per event, never once per client.
+export interface Stats extends Counters {}
+
+/** The counters behind both the pino metrics line and `/metrics`, and the event-loop delay. */
+export class Stats {
+  readonly #loopDelay: IntervalHistogram
+
+  constructor () {
+    for (const name of NAMES) this[name] = 0
+    this.#loopDelay = monitorEventLoopDelay({ resolution: 20 })
+    this.#loopDelay.enable()
+  }
+
+  /** Event-loop delay in milliseconds since the last reset (p99 and max). */
+  loopDelay (): { p99: number, max: number } {
+    const h = this.#loopDelay
+    return { p99: round(h.percentile(99) / 1e6), max: round(h.max / 1e6) }
+  }
+
+  resetLoopDelay (): void { this.#loopDelay.reset() }
+
+  close (): void { this.#loopDelay.disable() }
+
+  counters (): Counters {
+    const counters = {} as Counters
+    for (const name of NAMES) counters[name] = this[name]
+    return counters
+  }
+}
+
+function round (ms: number): number {
+  return Number.isFinite(ms) ? Math.round(ms * 100) / 100 : 0
+}
