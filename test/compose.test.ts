@@ -221,8 +221,12 @@ t.test('the compose topology in containers', { skip: reason ?? false }, async (t
     const control = kept[0]
     const atReconnect = ids(control).at(-1) as string
     // Each cut client comes back through nginx with the last id it had, as the demo page does.
-    const back = await Promise.all(cut.map((c) => open(`?since=${encodeURIComponent(ids(c).at(-1) as string)}`)))
-    t.comment(`reconnected ${Date.now() - killedAt} ms after the kill`)
+    const back = await Promise.all(cut.map(async (c) => {
+      const started = Date.now()
+      const client = await open(`?since=${encodeURIComponent(ids(c).at(-1) as string)}`)
+      t.comment(`reconnected ${Date.now() - killedAt} ms after the kill; the handshake took ${Date.now() - started} ms`)
+      return client
+    }))
     const target = ids(control).at(-1) as string
     await Promise.all(back.map((c) => c.until((c) => ids(c).some((id) => compareIds(id, target) >= 0), 30_000, 'caught up')))
     let gap = 0

@@ -3,7 +3,7 @@
 # that cannot pull from Docker Hub (the CI machine reaches only Debian's and npm's registries).
 # Each is Debian bookworm (debootstrap) plus what the official image holds that the topology relies
 # on, at the official paths, imported under the official tag. Cached: a tag that already exists is
-# left alone (STANDIN_REBUILD=1 rebuilds). On a machine that can pull, none of this is needed.
+# left alone (STANDIN_REBUILD=1 rebuilds); a tag that can be pulled is pulled, not built.
 #
 #   deploy/standin/build-bases.sh     (root, a running Docker engine, debootstrap)
 set -euo pipefail
@@ -20,9 +20,13 @@ for tag in "$NODE_TAG" "$REDIS_TAG" "$NGINX_TAG"; do
     { echo "build-bases: $tag is named by neither the Dockerfile nor docker-compose.yml" >&2; exit 1; }
 done
 
+# The official image when it can be pulled; a stand-in only for what cannot.
 missing=()
 for tag in "$NODE_TAG" "$REDIS_TAG" "$NGINX_TAG"; do
-  if [ "${STANDIN_REBUILD:-0}" = 1 ] || ! docker image inspect "$tag" >/dev/null 2>&1; then missing+=("$tag"); fi
+  if [ "${STANDIN_REBUILD:-0}" = 1 ]; then missing+=("$tag"); continue; fi
+  docker image inspect "$tag" >/dev/null 2>&1 && continue
+  if timeout 120 docker pull -q "$tag" >/dev/null 2>&1; then echo "build-bases: pulled $tag"; continue; fi
+  missing+=("$tag")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "build-bases: $NODE_TAG, $REDIS_TAG and $NGINX_TAG already present"
