@@ -187,6 +187,9 @@ t.test('the compose topology in containers', { skip: reason ?? false }, async (t
     const listener = await open()
     await listener.until((c) => c.events().length >= 5, 30_000, '5 events before')
     const mark = ids(listener).at(-1) as string
+    const [redis] = await containers('redis')
+    const aof = (await sh('docker', ['exec', redis, 'redis-cli', 'config', 'get', 'appendonly'])).stdout.split('\n')[1]
+    t.equal(aof, 'yes', 'Redis runs with AOF on, in the redis-data volume')
     const restart = await compose(['restart', 'redis'], 60_000)
     t.comment(`docker-compose restart redis: ${restart.ms} ms`)
     const seenAtRestart = listener.events().length
