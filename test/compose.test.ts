@@ -79,6 +79,10 @@ t.test('the compose topology in containers', { skip: reason ?? false }, async (t
 
   t.teardown(async () => {
     for (const client of clients) client.socket.terminate()
+    if (!t.passing()) {
+      const logs = await compose(['logs', '--no-color', '--tail', '30'], 60_000).catch((err) => ({ stdout: err.message }))
+      console.error(`# compose logs of ${PROJECT} (a check failed):\n${logs.stdout}`)
+    }
     await compose(['down', '-v', '--remove-orphans', '-t', '5'], 120_000).catch((err) => console.error(err.message))
     // Whatever down missed (a half-created project), by the project's label.
     for (const [kind, rm] of [['ps -aq', 'rm -fv'], ['network ls -q', 'network rm'], ['volume ls -q', 'volume rm -f']]) {
@@ -126,6 +130,26 @@ t.test('the compose topology in containers', { skip: reason ?? false }, async (t
     return Number(line?.split(' ').pop())
   }))
   const ids = (client: TestClient): string[] => client.events().map((e) => e.id)
+  /**
+   * A client resuming after `since` until it has `count` events. A replica whose Redis command
+   * connection is not back yet closes it with 1013 (try again later); like the demo page, it
+   * comes back through nginx and tries again.
+   */
+  const resume = async (since: string, count: number, timeoutMs = 30_000): Promise<TestClient> => {
+    const deadline = Date.now() + timeoutMs
+    for (let attempt = 1; ; attempt++) {
+      const client = await open(`?since=${encodeURIComponent(since)}`)
+      await client.until((c) => c.events().length >= count || c.socket.readyState === WebSocket.CLOSED,
+        Math.max(0, deadline - Date.now()), `${count} events after ${since}`)
+      if (client.events().length >= count) return client
+      const closed = await client.closed
+      if (closed.code !== 1013 || Date.now() > deadline) {
+        throw new Error(`resume after ${since} closed with ${closed.code} ${closed.reason} on attempt ${attempt}`)
+      }
+      t.comment(`resume attempt ${attempt}: 1013 ${closed.reason}; trying again`)
+      await sleep(500)
+    }
+  }
   const increasing = (list: string[]): boolean => list.every((id, i) => i === 0 || compareIds(list[i - 1], id) < 0)
 
   let apps: string[] = []
@@ -200,9 +224,8 @@ t.test('the compose topology in containers', { skip: reason ?? false }, async (t
     t.equal(after.State.StartedAt, before.State.StartedAt, 'the same worker process: not restarted')
     t.equal(after.RestartCount, 0, 'no restart counted')
     // The history from before the restart is still there: a resume from `mark` replays it.
-    const resumed = await open(`?since=${encodeURIComponent(mark)}`)
     const expected = ids(listener).filter((id) => compareIds(id, mark) > 0).slice(0, 10)
-    await resumed.until((c) => c.events().length >= expected.length, 30_000, 'the replay')
+    const resumed = await resume(mark, expected.length)
     t.same(ids(resumed).slice(0, expected.length), expected, 'a resume from before the restart replays what followed')
     listener.socket.close()
     resumed.socket.close()
