@@ -20,6 +20,10 @@ for tag in "$NODE_TAG" "$REDIS_TAG" "$NGINX_TAG"; do
     { echo "build-bases: $tag is named by neither the Dockerfile nor docker-compose.yml" >&2; exit 1; }
 done
 
+# One build at a time (.ci/run starts one early, in the background; the test then waits here).
+exec 9<"$0"
+flock 9
+
 # The official image when it can be pulled; a stand-in only for what cannot.
 missing=()
 for tag in "$NODE_TAG" "$REDIS_TAG" "$NGINX_TAG"; do
@@ -45,6 +49,7 @@ cleanup () {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 echo "build-bases: building ${missing[*]} from Debian bookworm ($MIRROR)"
 debootstrap --variant=minbase bookworm "$work/base" "$MIRROR" >"$work/debootstrap.log" 2>&1 ||
