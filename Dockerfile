@@ -1,5 +1,5 @@
 # Build: compile the TypeScript with every dev dependency.
-FROM node:20-alpine AS build
+FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -10,7 +10,7 @@ COPY routes routes
 RUN npm run build
 
 # Runtime: production dependencies, the compiled code and the demo page; not root.
-FROM node:20-alpine
+FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
