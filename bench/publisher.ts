@@ -1,5 +1,6 @@
 // The publisher process: publishes events into Redis the way each system's own publisher does,
 // at a fixed rate or as fast as it can, stamping `ts` at the moment of publishing.
+import { Agent, request } from 'node:http'
 import { Emitter } from '@socket.io/redis-emitter'
 import { Redis } from 'ioredis'
 import { nowMs, serve, sleep } from './common.js'
@@ -23,12 +24,25 @@ async function publisherFor (name: SystemName): Promise<Publish> {
     const broker = new RedisBroker({ url: redisUrl, prefix: FANOUT_PREFIX })
     return (body) => broker.publish(body)
   }
+  if (name === 'nchan') {
+    // One HTTP POST per event, as Nchan's publishers do; kept-alive connections, several in flight.
+    const url = new URL(process.env.BENCH_PUBLISH_URL as string)
+    const agent = new Agent({ keepAlive: true, maxSockets: 16 })
+    return (body) => new Promise((resolve, reject) => {
+      const req = request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json' } }, (res) => {
+        res.resume()
+        res.once('end', () => (res.statusCode ?? 0) < 300 ? resolve(undefined) : reject(new Error(`Nchan publish: HTTP ${res.statusCode}`)))
+      })
+      req.once('error', reject)
+      req.end(JSON.stringify(body))
+    })
+  }
   const redis = new Redis(redisUrl)
   if (name === 'socketio') {
     const emitter = new Emitter(redis)
     return async (body) => emitter.emit('guest', body)
   }
-  const channel = channelOf(name)
+  const channel = channelOf(name as 'floor' | 'naive')
   return (body) => redis.publish(channel, JSON.stringify(body))
 }
 

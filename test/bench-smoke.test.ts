@@ -12,7 +12,7 @@ const CLIENTS = 20
 const EVENTS = 50
 const SCENARIOS = ['steady', 'burst', 'scale']
 
-t.test('npm run bench at a tiny scale measures all four systems', async (t) => {
+t.test('npm run bench at a tiny scale measures every system this machine can run', async (t) => {
   // `npm test` builds the product; the bench has its own build (tsconfig.bench.json).
   const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
   const build = run(t, process.execPath, [tsc, '-p', 'tsconfig.bench.json'])
@@ -32,15 +32,20 @@ t.test('npm run bench at a tiny scale measures all four systems', async (t) => {
   const table = bench.output()
   t.match(table, /\| system \| delivered \/ expected \| deliveries\/s \| server CPU µs\/delivery \| p50 ms \| p99 ms \|/)
   t.match(table, /## fastify-fanout ÷ baseline \(same run\)/)
-  t.match(table, /## Targets \(issue 6\)/)
+  t.match(table, /## Targets/)
   const markdown = readFileSync(join(out, 'latest.md'), 'utf8')
-  for (const label of Object.values(LABELS)) t.ok(markdown.includes(`| ${label} | 1,000 / 1,000 |`), `latest.md has a full row for ${label}`)
-
   const results = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as Results
+  // Nchan is the one system that needs more than npm ci (nginx and its module): a machine without
+  // it runs the rest and says so; every other system is always measured.
+  t.same(results.systems, SYSTEMS.filter((system) => !results.missing.some((m) => m.system === system)), 'every system runs unless reported missing')
+  t.same(results.missing.map((m) => m.system).filter((system) => system !== 'nchan'), [], 'only Nchan may be missing')
+  for (const { system, why } of results.missing) t.ok(markdown.includes(`**${LABELS[system]} not measured**: ${why}`), `latest.md says why ${system} was not measured`)
+  for (const system of results.systems) t.ok(markdown.includes(`| ${LABELS[system]} | 1,000 / 1,000 |`), `latest.md has a full row for ${LABELS[system]}`)
+
   t.ok(results.machine.cores > 0 && results.machine.cpu.length > 0 && results.machine.node === process.version, 'the machine is described')
   t.match(results.command, /dist\/bench\/run\.js --clients=20/)
   t.same(results.errors, [])
-  t.equal(results.rows.length, SYSTEMS.length * SCENARIOS.length, 'one row per system and scenario')
+  t.equal(results.rows.length, results.systems.length * SCENARIOS.length, 'one row per system and scenario')
   for (const row of results.rows) {
     const name = `${row.scenario} ${row.system}`
     t.equal(row.connected, CLIENTS, `${name}: every client connected`)
