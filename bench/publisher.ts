@@ -10,11 +10,13 @@ const system = process.env.BENCH_SYSTEM as SystemName
 const redisUrl = process.env.REDIS_URL as string
 
 /** fastify-fanout's own publish path (one Lua call per event, pipelined), loaded from the build. */
+type Body = ReturnType<typeof eventBody> & { n?: number }
+
 interface FanoutBroker {
-  publish (body: ReturnType<typeof eventBody>): Promise<string>
+  publish (body: Body): Promise<string>
 }
 
-type Publish = (body: ReturnType<typeof eventBody>) => Promise<unknown>
+type Publish = (body: Body) => Promise<unknown>
 
 async function publisherFor (name: SystemName): Promise<Publish> {
   if (name === 'fanout') {
@@ -48,24 +50,38 @@ async function publisherFor (name: SystemName): Promise<Publish> {
 
 const publish = await publisherFor(system)
 
-/** `count` events, `rate` per second (0: all at once); resolves once Redis has taken them all. */
-async function run (count: number, rate: number): Promise<{ startedAt: number, endedAt: number }> {
+/** Events published so far: the reconnect storm numbers its events (`n`) to see gaps and duplicates. */
+let published = 0
+const control = { stopped: false }
+
+/**
+ * `count` events, `rate` per second (0: all at once), until `stop`; resolves once Redis has
+ * taken them all.
+ */
+async function run (count: number, rate: number, numbered: boolean): Promise<{ startedAt: number, endedAt: number, published: number }> {
   const startedAt = nowMs()
   const pending: Array<Promise<unknown>> = []
-  for (let i = 0; i < count; i++) {
+  control.stopped = false
+  for (let i = 0; i < count && !control.stopped; i++) {
     if (rate > 0) {
       const due = startedAt + (i * 1000) / rate
       const wait = due - nowMs()
       if (wait > 0) await sleep(wait)
     }
-    pending.push(publish(eventBody(nowMs())))
+    const body = eventBody(nowMs())
+    pending.push(publish(numbered ? { ...body, n: published } : body))
+    published++
   }
   await Promise.all(pending)
-  return { startedAt, endedAt: nowMs() }
+  return { startedAt, endedAt: nowMs(), published: pending.length }
 }
 
 serve(async (request) => {
+  if (request.op === 'stop') {
+    control.stopped = true
+    return {}
+  }
   if (request.op !== 'publish') throw new Error(`unknown op ${request.op}`)
-  return run(request.count as number, request.rate as number)
+  return run(request.count as number, request.rate as number, request.numbered === true)
 })
 process.send?.({ id: 0, ready: true })

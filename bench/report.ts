@@ -47,6 +47,29 @@ export interface Row {
   connectSeconds?: number
 }
 
+/** The reconnect storm (bench/run.ts runStorm). */
+export interface StormResult {
+  system: SystemName
+  replicas: number
+  clients: number
+  /** Clients of the killed replica, and how many of them were live again when measuring ended. */
+  resuming: number
+  live: number
+  rate: number
+  /** From the SIGKILL until the last of them received an event published after it; NaN if some never did. */
+  secondsToAllLive: number
+  p50SecondsToLive: number
+  survivorsRssBeforeMB: number
+  survivorsRssPeakMB: number
+  rssGrowthMB: number
+  /** Over every resuming client: events of the publisher's numbering never received, and received twice. */
+  gaps: number
+  duplicates: number
+  /** Reconnect attempts refused or failed (each retried after 50–150 ms). */
+  retries: number
+  errors: string[]
+}
+
 export interface Results {
   startedAt: string
   command: string
@@ -58,6 +81,7 @@ export interface Results {
   systems: SystemName[]
   missing: Array<{ system: SystemName, why: string }>
   rows: Row[]
+  storms: StormResult[]
   errors: string[]
 }
 
@@ -169,6 +193,28 @@ export function markdown (results: Results): string {
       'deliveries/s: higher is better for fastify-fanout; CPU/delivery, latency and RSS: lower is better.', '',
       '| scenario | baseline | deliveries/s | CPU/delivery | p50 | p99 | RSS/conn |',
       '|---|---|---:|---:|---:|---:|---:|', ...ratioRows, '')
+  }
+
+  if (results.storms.length > 0) {
+    const s = results.storms[0]
+    lines.push(`## storm: ${s.clients.toLocaleString('en-US')} clients over ${s.replicas} replicas, ${s.rate} events/s; one replica SIGKILLed, ` +
+      'its clients reconnect at once to the others with `?since=<last id>`', '',
+    'Live again: the client received an event published after the kill. RSS: the surviving replicas together, ' +
+      'before the kill and at the peak until a few seconds after the last client was live. Gaps and duplicates: ' +
+      'in the publisher\'s own numbering of the events, over all reconnecting clients.', '',
+    '| system | live / reconnecting | all live after s | p50 s | survivors RSS before → peak MB | growth MB | gaps | duplicates | refused, retried |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+    for (const st of results.storms) {
+      lines.push(`| ${LABELS[st.system]} | ${thousands(st.live)} / ${thousands(st.resuming)} | ${fixed(st.secondsToAllLive, 2)} | ${fixed(st.p50SecondsToLive, 2)} | ` +
+        `${fixed(st.survivorsRssBeforeMB, 0)} → ${fixed(st.survivorsRssPeakMB, 0)} | ${fixed(st.rssGrowthMB, 0)} | ${thousands(st.gaps)} | ${thousands(st.duplicates)} | ${thousands(st.retries)} |`)
+    }
+    const fanout = results.storms.find((st) => st.system === 'fanout')
+    const floor = results.storms.find((st) => st.system === 'floor')
+    if (fanout && floor) {
+      lines.push('', `fastify-fanout ÷ floor (a bare reconnect, no resume): time to all live ${fixed(fanout.secondsToAllLive / floor.secondsToAllLive, 2)}, ` +
+        `RSS growth ${fixed(fanout.rssGrowthMB / floor.rssGrowthMB, 2)}, peak RSS ${fixed(fanout.survivorsRssPeakMB / floor.survivorsRssPeakMB, 2)}.`)
+    }
+    lines.push('')
   }
 
   lines.push('## Targets', '', '| target | measured | result |', '|---|---|---|')

@@ -9,9 +9,9 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
-import { cpuSeconds, histogram, machineTicks, merge, quantile, rssBytes, sleep, type Reply } from './common.js'
+import { cpuSeconds, histogram, machineTicks, merge, nowMs, quantile, rssBytes, sleep, type Reply } from './common.js'
 import { monotonicUs, profileMarkdown, summarise, type ProfileSummary, type Window as ProfileWindow } from './profile.js'
-import { markdown, median, type Results, type RoundFigures, type Row } from './report.js'
+import { markdown, median, type Results, type RoundFigures, type Row, type StormResult } from './report.js'
 import { nchanAvailable, nchanConfig, NCHAN_REDIS_CHANNEL } from './nchan.js'
 import { channelOf, clientUrl, FANOUT_PREFIX, LABELS, NCHAN_PUBLISH_PATH, SYSTEMS, type SystemName } from './systems.js'
 
@@ -25,7 +25,7 @@ npm run bench [-- options]            (each option also reads BENCH_<NAME>, e.g.
   --replicas=N       replicas of each system [2]
   --client-procs=N   load-client processes per system [4]
   --systems=a,b      of ${SYSTEMS.join(',')} [all]
-  --scenarios=a,b    of steady,burst,latency,scale [all]
+  --scenarios=a,b    of steady,burst,latency,scale,storm [all]
   --settle-ms=N      pause before reading RSS in the scale scenario [3000]
   --out=DIR          where latest.json and latest.md go [bench/results; DIR with --profile]
   --profile=DIR      run every replica under node --cpu-prof, profiles in DIR/<system>; the
@@ -72,7 +72,9 @@ function listOption<T extends string> (name: string, all: readonly T[]): T[] {
   return list as T[]
 }
 
-const SCENARIOS = ['steady', 'burst', 'latency', 'scale'] as const
+const SCENARIOS = ['steady', 'burst', 'latency', 'scale', 'storm'] as const
+/** The reconnect storm needs resume: fastify-fanout, and the floor as the bare-reconnect baseline. */
+const STORM_SYSTEMS: SystemName[] = ['fanout', 'floor']
 type ScenarioName = typeof SCENARIOS[number]
 
 interface Scenario {
@@ -130,7 +132,10 @@ const scenarios: Record<ScenarioName, Scenario> = {
   // 4,000 clients, 10 events/s, 3 rounds of 3 s: the latency comparison.
   latency: scenario('latency', 4000, 30, 10, 3),
   // As many idle connections as the descriptor cap allows over the replicas; then a few events.
-  scale: scenario('scale', replicaCount * SOCKETS_PER_PROCESS, 5, 0, 1)
+  scale: scenario('scale', replicaCount * SOCKETS_PER_PROCESS, 5, 0, 1),
+  // 2,000 clients on each replica, 20 events/s; one replica is SIGKILLed and its clients resume
+  // on the others (see runStorm).
+  storm: scenario('storm', replicaCount * 2000, 0, 20, 1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -536,6 +541,87 @@ async function runScale (s: Scenario, replicas: Replicas): Promise<Row> {
   }
 }
 
+/**
+ * The reconnect storm: `clients` spread over the replicas, events at `rate`; the first replica is
+ * SIGKILLed and its clients reconnect at once to the others with `?since=<last id they got>`.
+ * Measured: the time from the kill until every one of them has received an event published after
+ * it (live again), the survivors' RSS before and at its peak, and the gaps and duplicates each
+ * client saw in the publisher's numbering. A system without resume (the floor) reconnects alike and
+ * loses what was published meanwhile: that is the baseline resume is measured against.
+ */
+async function runStorm (s: Scenario, replicas: Replicas): Promise<StormResult> {
+  if (replicas.ports.length < 2) throw new Error('the storm needs --replicas=2 or more')
+  const [victimPort, ...survivorPorts] = replicas.ports
+  const [victim, ...survivors] = replicas.procs
+  const survivorUrls = survivorPorts.map((port) => clientUrl(replicas.system, port))
+  const onVictim = Math.round(s.clients / replicas.ports.length)
+  const procs = Math.max(clientProcs, Math.ceil(s.clients / SOCKETS_PER_PROCESS))
+  const workers = await Promise.all(Array.from({ length: procs }, (_, i) => Worker.fork('client.js', `storm client ${i + 1}`)))
+  const publisher = await Worker.fork('publisher.js', `${replicas.system} storm publisher`, { BENCH_SYSTEM: replicas.system, REDIS_URL: redisUrl })
+  const rss = (procs: ChildProcess[]): number[] => procs.map((p) => rssBytes(p.pid as number))
+  const share = (total: number, i: number): number => Math.floor(total / procs) + (i < total % procs ? 1 : 0)
+  try {
+    await Promise.all(workers.map((w, i) => Promise.all([
+      w.call('connect-resuming', { url: clientUrl(replicas.system, victimPort), resumeUrls: survivorUrls, count: share(onVictim, i) }),
+      w.call('connect', { system: replicas.system, urls: survivorUrls, count: share(s.clients - onVictim, i), concurrency: 50 })
+    ])))
+    // Published until the storm is over, numbered; `publish` resolves only after `stop`.
+    const publishing = publisher.call('publish', { count: 1e9, rate: s.rate, numbered: true })
+    await waitFor('every storm client to get an event', async () =>
+      (await Promise.all(workers.map((w) => w.call<{ withId: number, clients: number }>('storm-stats'))))
+        .every((st) => st.withId === st.clients || replicas.system !== 'fanout'), 30_000)
+    await sleep(settleMs)
+    const before = rss(survivors)
+    const killedAt = nowMs()
+    await Promise.all(workers.map((w) => w.call('arm', { after: killedAt })))
+    stopping.add(victim)
+    victim.kill('SIGKILL')
+    let peak = before
+    let stats: StormStats[] = []
+    const deadline = Date.now() + 120_000
+    for (;;) {
+      const now = rss(survivors)
+      peak = peak.map((p, i) => Math.max(p, now[i]))
+      stats = await Promise.all(workers.map((w) => w.call<StormStats>('storm-stats')))
+      if (stats.every((st) => st.live === st.clients) || Date.now() > deadline) break
+      await sleep(50)
+    }
+    const allLiveAt = nowMs()
+    // RSS can keep growing after the last client is live (replays still being freed, GC).
+    while (nowMs() - allLiveAt < settleMs) {
+      const now = rss(survivors)
+      peak = peak.map((p, i) => Math.max(p, now[i]))
+      await sleep(50)
+    }
+    await publisher.call('stop')
+    await publishing
+    const after = await Promise.all(workers.map((w) => w.call<StormStats>('storm-stats')))
+    const liveAfter = stats.flatMap((st) => st.liveAt).map((at) => (at - killedAt) / 1000).sort((a, b) => a - b)
+    const sum = (values: number[]): number => values.reduce((a, b) => a + b, 0)
+    return {
+      system: replicas.system,
+      replicas: replicas.ports.length,
+      clients: s.clients,
+      resuming: sum(stats.map((st) => st.clients)),
+      live: liveAfter.length,
+      rate: s.rate,
+      secondsToAllLive: liveAfter.length === sum(stats.map((st) => st.clients)) ? liveAfter[liveAfter.length - 1] ?? NaN : NaN,
+      p50SecondsToLive: median(liveAfter),
+      survivorsRssBeforeMB: sum(before) / 2 ** 20,
+      survivorsRssPeakMB: sum(peak) / 2 ** 20,
+      rssGrowthMB: (sum(peak) - sum(before)) / 2 ** 20,
+      gaps: sum(after.map((st) => st.gaps)),
+      duplicates: sum(after.map((st) => st.duplicates)),
+      retries: sum(after.map((st) => st.retries)),
+      errors: [...new Set(after.flatMap((st) => st.errors))]
+    }
+  } finally {
+    await Promise.all([...workers, publisher].map((w) => w.stop()))
+  }
+}
+
+interface StormStats { clients: number, withId: number, live: number, liveAt: number[], gaps: number, duplicates: number, retries: number, errors: string[] }
+
 async function stopReplicas (replicas: Replicas): Promise<void> {
   await Promise.all([...replicas.procs, ...replicas.helpers].map((p) => stop(p, 15_000)))
 }
@@ -569,7 +655,8 @@ const redisUrl = redis.url
 const startedAt = new Date()
 const rows: Row[] = []
 const errors: string[] = []
-const loadScenarios = scenarioNames.filter((name) => name !== 'scale')
+const loadScenarios = scenarioNames.filter((name) => name !== 'scale' && name !== 'storm')
+const storms: StormResult[] = []
 
 if (loadScenarios.length > 0) {
   const running: Replicas[] = []
@@ -598,6 +685,18 @@ if (scenarioNames.includes('scale')) {
     await stopReplicas(replicas)
   }
 }
+if (scenarioNames.includes('storm')) {
+  for (const system of systems.filter((name) => STORM_SYSTEMS.includes(name))) {
+    console.error(`[bench] storm: ${system}, ${scenarios.storm.clients} clients, one replica SIGKILLed`)
+    const replicas = await startReplicas(system)
+    try {
+      storms.push(await runStorm(scenarios.storm, replicas))
+    } catch (err) {
+      errors.push(`${system} storm: ${(err as Error).message}`)
+    }
+    await stopReplicas(replicas)
+  }
+}
 redis.client.disconnect()
 await stop(redis.proc)
 
@@ -620,6 +719,7 @@ const results: Results = {
   systems,
   missing,
   rows,
+  storms,
   errors
 }
 const report = [markdown(results), ...Object.entries(profiles).map(([system, summary]) =>

@@ -11,6 +11,7 @@ import { run, tempDir } from './helper.js'
 const CLIENTS = 20
 const EVENTS = 50
 const SCENARIOS = ['steady', 'burst', 'scale']
+const RATE = 100
 
 t.test('npm run bench at a tiny scale measures every system this machine can run', async (t) => {
   // `npm test` builds the product; the bench has its own build (tsconfig.bench.json).
@@ -20,11 +21,12 @@ t.test('npm run bench at a tiny scale measures every system this machine can run
 
   const out = tempDir(t, 'bench-smoke-')
   const bench = run(t, process.execPath, [
-    'dist/bench/run.js', `--clients=${CLIENTS}`, `--events=${EVENTS}`, '--rounds=1', '--rate=100',
-    `--scenarios=${SCENARIOS.join(',')}`, '--client-procs=2', '--settle-ms=200', `--out=${out}`
+    'dist/bench/run.js', `--clients=${CLIENTS}`, `--events=${EVENTS}`, '--rounds=1', `--rate=${RATE}`,
+    `--scenarios=${[...SCENARIOS, 'storm'].join(',')}`, '--client-procs=2', '--settle-ms=200', `--out=${out}`
   ])
   // SIGTERM, not the helper's SIGKILL, lets the harness take its redis-server and replicas down too.
-  const timer = setTimeout(() => bench.kill('SIGTERM'), 120_000)
+  // Five systems, four scenarios, ~80 s on this 2-core machine with others' tests beside it.
+  const timer = setTimeout(() => bench.kill('SIGTERM'), 170_000)
   const { code } = await bench.exited
   clearTimeout(timer)
   t.equal(code, 0, `the bench exits 0: ${bench.output().slice(-2000)}`)
@@ -56,4 +58,17 @@ t.test('npm run bench at a tiny scale measures every system this machine can run
     t.ok(row.p99Ms < 60_000, `${name}: latencies are milliseconds, not clock skew`)
     if (row.scenario === 'scale') t.ok(Number.isFinite(row.rssPerConnKB) && (row.idleRssMB ?? 0) > 0, `${name}: RSS is read`)
   }
+
+  // The reconnect storm: fastify-fanout's clients of the killed replica all resume, and miss nothing.
+  t.same(results.storms.map((st) => st.system), ['fanout', 'floor'], 'the storm runs fastify-fanout and the floor')
+  for (const st of results.storms) {
+    t.equal(st.resuming, CLIENTS / 2, `storm ${st.system}: the killed replica's half of the clients reconnect`)
+    t.equal(st.live, st.resuming, `storm ${st.system}: every one of them is live again`)
+    t.ok(st.secondsToAllLive > 0 && st.secondsToAllLive < 60, `storm ${st.system}: time to all live is measured (${st.secondsToAllLive} s)`)
+    t.ok(st.survivorsRssPeakMB >= st.survivorsRssBeforeMB && st.survivorsRssBeforeMB > 0, `storm ${st.system}: survivors' RSS is read`)
+  }
+  const fanout = results.storms.find((st) => st.system === 'fanout')
+  t.equal(fanout?.gaps, 0, 'storm: a resumed fastify-fanout client misses no event')
+  t.equal(fanout?.duplicates, 0, 'storm: and gets none twice')
+  t.match(markdown, /## storm: 20 clients over 2 replicas/)
 })
