@@ -36,6 +36,13 @@ export class Client {
    * delivers in id order.
    */
   lastId: string | undefined
+  /**
+   * The hub's turn in which this client has live frames waiting to be written, and their range
+   * in that turn's frames (Hub.deliver).
+   */
+  pendingTurn = 0
+  pendingFrom = 0
+  pendingTo = 0
   readonly raw: Socket
 
   constructor (readonly ws: WebSocket, readonly control: boolean) {
@@ -67,8 +74,10 @@ export function textFrame (data: Buffer | string): Buffer {
 
 /**
  * Every connected client of this replica, and the broadcast path: each event is framed once and
- * the same bytes are written to every open socket. Writes of one event-loop turn are corked and
- * leave in one syscall per socket.
+ * the same bytes are written to every open socket. The events of one event-loop turn leave
+ * together, in one write per socket: the frames of a turn are joined once for all the clients that
+ * get the same run of them, so the common case costs one plain `write` per socket, with no cork,
+ * uncork or writev bookkeeping in the stream (bench: README "Performance").
  */
 export class Hub {
   /** Every connection, for heartbeat, drain and capacity. */
@@ -76,6 +85,12 @@ export class Hub {
   /** The connections that receive broadcast events. */
   readonly #subscribers = new Set<Client>()
   #corked: Socket[] = []
+  /** This turn's live frames, and the clients with a run of them still to write. */
+  #frames: Buffer[] = []
+  #pending: Client[] = []
+  #turn = 1
+  /** This turn's joined runs of frames, by `from * 2^26 + to`: built once, shared by every client. */
+  #joined = new Map<number, Buffer>()
   #heartbeat: NodeJS.Timeout | undefined
   #options: HubOptions
 
@@ -102,12 +117,16 @@ export class Hub {
     return client
   }
 
-  /** The broker's listener: one event, every client. */
+  /**
+   * The broker's listener: one event, every client. Who gets it is decided now; the bytes are
+   * written at the end of the turn (#flushAll), or before anything else this client is sent.
+   */
   deliver (event: BrokerEvent): void {
-    const stats = this.#options.stats
-    stats.eventsIn++
+    this.#options.stats.eventsIn++
     const frame = frameOf(event)
-    let delivered = 0
+    const at = this.#frames.push(frame) - 1
+    if (at === 0) process.nextTick(this.#flushAll)
+    const turn = this.#turn
     for (const client of this.#subscribers) {
       if (client.held) {
         client.held.push(event)
@@ -115,12 +134,55 @@ export class Hub {
         if (client.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
       } else if (client.hasSeen(event.id)) {
         continue // replayed already
-      } else if (this.#write(client, frame)) {
+      } else if (client.pendingTurn === turn && client.pendingTo === at) {
+        client.pendingTo = at + 1
+      } else if (client.open) {
+        // A client that skipped an event of this turn (replayed already) gets its earlier run now.
+        if (client.pendingTurn === turn) this.#flush(client)
         client.lastId = undefined
-        delivered++
+        client.pendingTurn = turn
+        client.pendingFrom = at
+        client.pendingTo = at + 1
+        this.#pending.push(client)
       }
     }
-    stats.deliveries += delivered
+  }
+
+  readonly #flushAll = (): void => {
+    const pending = this.#pending
+    const turn = this.#turn++
+    this.#pending = []
+    for (const client of pending) if (client.pendingTurn === turn) this.#flush(client)
+    this.#frames = []
+    this.#joined.clear()
+  }
+
+  /** Writes the run of this turn's frames `client` is waiting for. */
+  #flush (client: Client): void {
+    const from = client.pendingFrom
+    const to = client.pendingTo
+    client.pendingTurn = 0
+    if (!client.open) return
+    const frames = this.#frames
+    const raw = client.raw
+    let queued = raw.writableLength
+    for (let i = from; i < to; i++) {
+      // An empty buffer always takes a frame, so one event larger than the cap still goes out.
+      if (queued > 0 && queued + frames[i].length > this.#options.maxBufferedBytes) return this.#cutOff(client)
+      queued += frames[i].length
+    }
+    raw.write(to - from === 1 ? frames[from] : this.#join(from, to))
+    this.#options.stats.deliveries += to - from
+  }
+
+  #join (from: number, to: number): Buffer {
+    const key = from * 2 ** 26 + to
+    let joined = this.#joined.get(key)
+    if (joined === undefined) {
+      joined = Buffer.concat(this.#frames.slice(from, to))
+      this.#joined.set(key, joined)
+    }
+    return joined
   }
 
   /**
@@ -180,7 +242,12 @@ export class Hub {
     return this.send(client, JSON.stringify(message))
   }
 
+  /**
+   * One frame for one client, after the live frames it is still waiting for. Corked until the end
+   * of the turn: a replay writes many in a row.
+   */
   #write (client: Client, frame: Buffer): boolean {
+    if (client.pendingTurn === this.#turn) this.#flush(client)
     if (!client.open) return false
     const raw = client.raw
     // An empty buffer always takes the frame, so one event larger than the cap still goes out.

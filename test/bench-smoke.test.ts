@@ -22,7 +22,7 @@ t.test('npm run bench at a tiny scale measures every system this machine can run
   const out = tempDir(t, 'bench-smoke-')
   const bench = run(t, process.execPath, [
     'dist/bench/run.js', `--clients=${CLIENTS}`, `--events=${EVENTS}`, '--rounds=1', `--rate=${RATE}`,
-    `--scenarios=${[...SCENARIOS, 'storm'].join(',')}`, '--client-procs=2', '--settle-ms=200', `--out=${out}`
+    `--scenarios=${[...SCENARIOS, 'storm'].join(',')}`, '--client-procs=1', '--settle-ms=200', `--out=${out}`
   ])
   // SIGTERM, not the helper's SIGKILL, lets the harness take its redis-server and replicas down too.
   // Five systems, four scenarios, ~80 s on this 2-core machine with others' tests beside it.
