@@ -5,7 +5,7 @@ export type SystemName = typeof SYSTEMS[number]
 
 export const LABELS: Record<SystemName, string> = {
   fanout: 'fastify-fanout',
-  floor: 'floor (ws, frame once, cork per turn)',
+  floor: 'floor (ws, frame once, one write per turn)',
   nchan: 'Nchan (nginx module, C)',
   socketio: 'Socket.IO 4 + redis-adapter',
   naive: 'naive ws (send per client)'
