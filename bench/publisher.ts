@@ -1,6 +1,8 @@
 // The publisher process: publishes events into Redis the way each system's own publisher does,
 // at a fixed rate or as fast as it can, stamping `ts` at the moment of publishing.
+import { existsSync } from 'node:fs'
 import { Agent, request } from 'node:http'
+import { fileURLToPath } from 'node:url'
 import { Emitter } from '@socket.io/redis-emitter'
 import { Redis } from 'ioredis'
 import { nowMs, serve, sleep } from './common.js'
@@ -20,11 +22,18 @@ type Publish = (body: Body) => Promise<unknown>
 
 async function publisherFor (name: SystemName): Promise<Publish> {
   if (name === 'fanout') {
-    // Loaded at run time from dist/ so this build does not compile (and rewrite) the product.
-    const url = new URL('../lib/redis-broker.js', import.meta.url).href
-    const { RedisBroker } = await import(url) as { RedisBroker: new (options: { url: string, prefix: string }) => FanoutBroker }
-    const broker = new RedisBroker({ url: redisUrl, prefix: FANOUT_PREFIX })
-    return (body) => broker.publish(body)
+    // Loaded at run time from dist/ so this build does not compile (and rewrite) the product. The
+    // broker is being split by concern (issue 9): take its publishing class wherever it lives.
+    const candidates = ['../lib/redis-broker.js', '../lib/redis/index.js', '../lib/redis/broker.js']
+    for (const file of candidates) {
+      const url = new URL(file, import.meta.url)
+      if (!existsSync(fileURLToPath(url))) continue
+      const { RedisBroker } = await import(url.href) as { RedisBroker?: new (options: { url: string, prefix: string }) => FanoutBroker }
+      if (RedisBroker === undefined) continue
+      const broker = new RedisBroker({ url: redisUrl, prefix: FANOUT_PREFIX })
+      return (body) => broker.publish(body)
+    }
+    throw new Error(`no RedisBroker export in dist/ (${candidates.join(', ')}): the bench publishes through the product's own broker`)
   }
   if (name === 'nchan') {
     // One HTTP POST per event, as Nchan's publishers do; kept-alive connections, several in flight.
