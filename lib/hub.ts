@@ -23,12 +23,16 @@ export interface HubOptions {
   stats: Stats
 }
 
+const HEARTBEAT_SLICES = 10
+
 /** One connected socket, as the hub sees it. */
 export class Client {
   /** Live events held back while this client's replay is read from history. */
   held: BrokerEvent[] | undefined
   heldBytes = 0
   alive = true
+  /** Which tick of the heartbeat's cycle pings this client (Hub #ping). */
+  pingSlot = 0
   /**
    * A resumed client's newest replayed event. The history read and live delivery travel on
    * different Redis connections, so replayed events can still arrive live after the replay:
@@ -92,12 +96,14 @@ export class Hub {
   /** This turn's joined runs of frames, by `from * 2^26 + to`: built once, shared by every client. */
   #joined = new Map<number, Buffer>()
   #heartbeat: NodeJS.Timeout | undefined
+  #pingTick = 0
+  #pingSlots = 0
   #options: HubOptions
 
   constructor (options: HubOptions) {
     this.#options = options
     if (options.heartbeatMs > 0) {
-      this.#heartbeat = setInterval(() => this.#ping(), options.heartbeatMs)
+      this.#heartbeat = setInterval(() => this.#ping(), options.heartbeatMs / HEARTBEAT_SLICES)
       this.#heartbeat.unref()
     }
   }
@@ -107,6 +113,7 @@ export class Hub {
   /** Tracks a connection; with `subscribe`, it receives every broadcast event. */
   add (ws: WebSocket, control: boolean, subscribe = true): Client {
     const client = new Client(ws, control)
+    client.pingSlot = this.#pingSlots++ % HEARTBEAT_SLICES
     this.clients.add(client)
     if (subscribe) this.#subscribers.add(client)
     ws.on('pong', () => { client.alive = true })
@@ -282,9 +289,15 @@ export class Hub {
     client.ws.terminate()
   }
 
+  /**
+   * One tick of the heartbeat: a tenth of the clients, each still pinged once per heartbeatMs. A
+   * ping is a write per socket, and the pongs a read each: done for every client at once, the
+   * sweep would cost as much as one broadcast and hold back the events that arrive meanwhile.
+   */
   #ping (): void {
+    const slot = this.#pingTick++ % HEARTBEAT_SLICES
     for (const client of this.clients) {
-      if (!client.open) continue
+      if (client.pingSlot !== slot || !client.open) continue
       if (!client.alive) {
         this.#options.stats.heartbeatTimeouts++
         client.ws.terminate()

@@ -17,15 +17,16 @@ function event (id: string): BrokerEvent {
 }
 
 /** A hub with `count` connected clients, each seen from both ends. */
-async function setUp (t: Tap, count: number, maxBufferedBytes = 1 << 20): Promise<{ hub: Hub, stats: Stats, clients: Client[], received: string[][], writes: number[] }> {
+async function setUp (t: Tap, count: number, maxBufferedBytes = 1 << 20, heartbeatMs = 0): Promise<{ hub: Hub, stats: Stats, clients: Client[], received: string[][], writes: number[], pings: number[] }> {
   const stats = new Stats()
-  const hub = new Hub({ maxBufferedBytes, heartbeatMs: 0, stats })
+  const hub = new Hub({ maxBufferedBytes, heartbeatMs, stats })
   const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', perMessageDeflate: false })
   await once(wss, 'listening')
   t.teardown(() => { hub.close(); wss.close() })
   const clients: Client[] = []
   const received: string[][] = []
   const writes: number[] = []
+  const pings: number[] = []
   wss.on('connection', (ws) => {
     const client = hub.add(ws, true)
     const i = clients.push(client) - 1
@@ -39,12 +40,14 @@ async function setUp (t: Tap, count: number, maxBufferedBytes = 1 << 20): Promis
     const ws = new WebSocket(`ws://127.0.0.1:${port}`)
     const messages: string[] = []
     received.push(messages)
+    pings.push(0)
+    ws.on('ping', () => { pings[i]++ })
     ws.on('message', (data) => messages.push(String(data)))
     t.teardown(() => ws.terminate())
     await once(ws, 'open')
   }
   await waitFor(() => clients.length === count, 5000, 'every client tracked')
-  return { hub, stats, clients, received, writes }
+  return { hub, stats, clients, received, writes, pings }
 }
 
 const ids = (messages: string[]): string[] => messages.map((m) => (JSON.parse(m) as { id?: string, type: string }).id ?? (JSON.parse(m) as { type: string }).type)
@@ -100,4 +103,16 @@ t.test('the buffer cap counts every frame of the turn: a client that does not re
   await closed
   t.equal(stats.slowConsumerDrops, 1, 'cut off and counted')
   t.equal(stats.deliveries, 0, 'nothing counted as delivered to it')
+})
+
+t.test('the heartbeat pings a tenth of the clients per tick, each once per heartbeatMs', async (t) => {
+  const HEARTBEAT_MS = 1000
+  const { pings } = await setUp(t, 20, 1 << 20, HEARTBEAT_MS)
+  const started = Date.now()
+  await waitFor(() => pings.some((n) => n > 0), 5000, 'the first ping')
+  const first = pings.filter((n) => n > 0).length
+  t.ok(first <= 4, `the first tick pinged ${first} of 20, not all of them`)
+  await waitFor(() => pings.every((n) => n > 0), 5000, 'every client pinged')
+  t.ok(Date.now() - started < HEARTBEAT_MS + 500, 'every client within one heartbeat')
+  t.ok(pings.every((n) => n === 1), `once each: ${pings.join(',')}`)
 })
