@@ -28,9 +28,18 @@ async function publisherFor (name: SystemName): Promise<Publish> {
     for (const file of candidates) {
       const url = new URL(file, import.meta.url)
       if (!existsSync(fileURLToPath(url))) continue
-      const { RedisBroker } = await import(url.href) as { RedisBroker?: new (options: { url: string, prefix: string }) => FanoutBroker }
+      const { RedisBroker } = await import(url.href) as { RedisBroker?: new (options: Record<string, unknown>) => FanoutBroker }
       if (RedisBroker === undefined) continue
-      const broker = new RedisBroker({ url: redisUrl, prefix: FANOUT_PREFIX })
+      const { DEFAULTS } = await import(new URL('../lib/options.js', import.meta.url).href) as { DEFAULTS: Record<string, number> }
+      // Both constructors: `url` (one file) and `target` (lib/redis/), with the product's defaults.
+      const broker = new RedisBroker({
+        url: redisUrl,
+        target: { url: redisUrl },
+        prefix: FANOUT_PREFIX,
+        historySize: DEFAULTS.historySize,
+        outboxSize: DEFAULTS.outboxSize,
+        canaryIntervalMs: DEFAULTS.canaryIntervalMs
+      })
       return (body) => broker.publish(body)
     }
     throw new Error(`no RedisBroker export in dist/ (${candidates.join(', ')}): the bench publishes through the product's own broker`)
