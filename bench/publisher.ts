@@ -1,5 +1,8 @@
 // The publisher process: publishes events into Redis the way each system's own publisher does,
 // at a fixed rate or as fast as it can, stamping `ts` at the moment of publishing.
+import { existsSync } from 'node:fs'
+import { Agent, request } from 'node:http'
+import { fileURLToPath } from 'node:url'
 import { Emitter } from '@socket.io/redis-emitter'
 import { Redis } from 'ioredis'
 import { nowMs, serve, sleep } from './common.js'
@@ -9,49 +12,94 @@ const system = process.env.BENCH_SYSTEM as SystemName
 const redisUrl = process.env.REDIS_URL as string
 
 /** fastify-fanout's own publish path (one Lua call per event, pipelined), loaded from the build. */
+type Body = ReturnType<typeof eventBody> & { n?: number }
+
 interface FanoutBroker {
-  publish (body: ReturnType<typeof eventBody>): Promise<string>
+  publish (body: Body): Promise<string>
 }
 
-type Publish = (body: ReturnType<typeof eventBody>) => Promise<unknown>
+type Publish = (body: Body) => Promise<unknown>
 
 async function publisherFor (name: SystemName): Promise<Publish> {
   if (name === 'fanout') {
-    // Loaded at run time from dist/ so this build does not compile (and rewrite) the product.
-    const url = new URL('../lib/redis-broker.js', import.meta.url).href
-    const { RedisBroker } = await import(url) as { RedisBroker: new (options: { url: string, prefix: string }) => FanoutBroker }
-    const broker = new RedisBroker({ url: redisUrl, prefix: FANOUT_PREFIX })
-    return (body) => broker.publish(body)
+    // Loaded at run time from dist/ so this build does not compile (and rewrite) the product. The
+    // broker is being split by concern (issue 9): take its publishing class wherever it lives.
+    const candidates = ['../lib/redis-broker.js', '../lib/redis/index.js', '../lib/redis/broker.js']
+    for (const file of candidates) {
+      const url = new URL(file, import.meta.url)
+      if (!existsSync(fileURLToPath(url))) continue
+      const { RedisBroker } = await import(url.href) as { RedisBroker?: new (options: Record<string, unknown>) => FanoutBroker }
+      if (RedisBroker === undefined) continue
+      const { DEFAULTS } = await import(new URL('../lib/options.js', import.meta.url).href) as { DEFAULTS: Record<string, number> }
+      // Both constructors: `url` (one file) and `target` (lib/redis/), with the product's defaults.
+      const broker = new RedisBroker({
+        url: redisUrl,
+        target: { url: redisUrl },
+        prefix: FANOUT_PREFIX,
+        historySize: DEFAULTS.historySize,
+        outboxSize: DEFAULTS.outboxSize,
+        canaryIntervalMs: DEFAULTS.canaryIntervalMs
+      })
+      return (body) => broker.publish(body)
+    }
+    throw new Error(`no RedisBroker export in dist/ (${candidates.join(', ')}): the bench publishes through the product's own broker`)
+  }
+  if (name === 'nchan') {
+    // One HTTP POST per event, as Nchan's publishers do; kept-alive connections, several in flight.
+    const url = new URL(process.env.BENCH_PUBLISH_URL as string)
+    const agent = new Agent({ keepAlive: true, maxSockets: 16 })
+    return (body) => new Promise((resolve, reject) => {
+      const req = request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json' } }, (res) => {
+        res.resume()
+        res.once('end', () => (res.statusCode ?? 0) < 300 ? resolve(undefined) : reject(new Error(`Nchan publish: HTTP ${res.statusCode}`)))
+      })
+      req.once('error', reject)
+      req.end(JSON.stringify(body))
+    })
   }
   const redis = new Redis(redisUrl)
   if (name === 'socketio') {
     const emitter = new Emitter(redis)
     return async (body) => emitter.emit('guest', body)
   }
-  const channel = channelOf(name)
+  const channel = channelOf(name as 'floor' | 'naive')
   return (body) => redis.publish(channel, JSON.stringify(body))
 }
 
 const publish = await publisherFor(system)
 
-/** `count` events, `rate` per second (0: all at once); resolves once Redis has taken them all. */
-async function run (count: number, rate: number): Promise<{ startedAt: number, endedAt: number }> {
+/** Events published so far: the reconnect storm numbers its events (`n`) to see gaps and duplicates. */
+let published = 0
+const control = { stopped: false }
+
+/**
+ * `count` events, `rate` per second (0: all at once), until `stop`; resolves once Redis has
+ * taken them all.
+ */
+async function run (count: number, rate: number, numbered: boolean): Promise<{ startedAt: number, endedAt: number, published: number }> {
   const startedAt = nowMs()
   const pending: Array<Promise<unknown>> = []
-  for (let i = 0; i < count; i++) {
+  control.stopped = false
+  for (let i = 0; i < count && !control.stopped; i++) {
     if (rate > 0) {
       const due = startedAt + (i * 1000) / rate
       const wait = due - nowMs()
       if (wait > 0) await sleep(wait)
     }
-    pending.push(publish(eventBody(nowMs())))
+    const body = eventBody(nowMs())
+    pending.push(publish(numbered ? { ...body, n: published } : body))
+    published++
   }
   await Promise.all(pending)
-  return { startedAt, endedAt: nowMs() }
+  return { startedAt, endedAt: nowMs(), published: pending.length }
 }
 
 serve(async (request) => {
+  if (request.op === 'stop') {
+    control.stopped = true
+    return {}
+  }
   if (request.op !== 'publish') throw new Error(`unknown op ${request.op}`)
-  return run(request.count as number, request.rate as number)
+  return run(request.count as number, request.rate as number, request.numbered === true)
 })
 process.send?.({ id: 0, ready: true })

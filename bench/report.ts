@@ -1,7 +1,18 @@
 // The bench's results: one row per scenario and system, the ratios of fastify-fanout to each
-// baseline from the same run, and the issue's targets judged on those ratios.
+// baseline from the same run, and the issues' targets judged on those ratios.
 import { LABELS, type SystemName } from './systems.js'
 
+/** One measured round of one system. */
+export interface RoundFigures { deliveriesPerSec: number, cpuUsPerDelivery: number, p50Ms: number, p99Ms: number }
+
+export function median (values: number[]): number {
+  if (values.length === 0) return NaN
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+}
+
+/** deliveriesPerSec, cpuUsPerDelivery, p50Ms and p99Ms are medians of the measured rounds. */
 export interface Row {
   scenario: string
   system: SystemName
@@ -15,13 +26,16 @@ export interface Row {
   delivered: number
   /** From the first publish of each round to the last receipt, summed over rounds. */
   seconds: number
+  /** Per round: deliveries over the time from its first publish to its last receipt. */
   deliveriesPerSec: number
   /** utime + stime of all replicas over the measured rounds. */
   serverCpuSec: number
   cpuUsPerDelivery: number
   p50Ms: number
   p99Ms: number
+  /** The slowest delivery of all rounds. */
   maxMs: number
+  perRound: RoundFigures[]
   /** Load-client CPU: the busiest client process, and all of them, in % of one core. */
   clientCpuMaxPct: number
   clientCpuSumPct: number
@@ -33,6 +47,29 @@ export interface Row {
   connectSeconds?: number
 }
 
+/** The reconnect storm (bench/run.ts runStorm). */
+export interface StormResult {
+  system: SystemName
+  replicas: number
+  clients: number
+  /** Clients of the killed replica, and how many of them were live again when measuring ended. */
+  resuming: number
+  live: number
+  rate: number
+  /** From the SIGKILL until the last of them received an event published after it; NaN if some never did. */
+  secondsToAllLive: number
+  p50SecondsToLive: number
+  survivorsRssBeforeMB: number
+  survivorsRssPeakMB: number
+  rssGrowthMB: number
+  /** Over every resuming client: events of the publisher's numbering never received, and received twice. */
+  gaps: number
+  duplicates: number
+  /** Reconnect attempts refused or failed (each retried after 50–150 ms). */
+  retries: number
+  errors: string[]
+}
+
 export interface Results {
   startedAt: string
   command: string
@@ -40,7 +77,11 @@ export interface Results {
   replicas: number
   clientProcs: number
   scenarios: Array<{ name: string, clients: number, events: number, rate: number, rounds: number }>
+  /** The systems measured, and those left out because this machine cannot run them. */
+  systems: SystemName[]
+  missing: Array<{ system: SystemName, why: string }>
   rows: Row[]
+  storms: StormResult[]
   errors: string[]
 }
 
@@ -51,7 +92,7 @@ export interface Target {
   pass: boolean | undefined
 }
 
-const BASELINES: SystemName[] = ['floor', 'socketio', 'naive']
+const BASELINES: SystemName[] = ['floor', 'nchan', 'socketio', 'naive']
 
 function find (rows: Row[], scenario: string, system: SystemName): Row | undefined {
   return rows.find((r) => r.scenario === scenario && r.system === system)
@@ -60,7 +101,7 @@ function find (rows: Row[], scenario: string, system: SystemName): Row | undefin
 const fixed = (n: number | undefined, digits: number): string => n === undefined || !Number.isFinite(n) ? '–' : n.toFixed(digits)
 const thousands = (n: number): string => Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '–'
 
-/** The issue's targets (issue 6), each judged from numbers of this run only. */
+/** The issues' targets (6 and 13), each judged from medians of rounds of this run only. */
 export function targets (rows: Row[]): Target[] {
   const ratio = (scenario: string, metric: keyof Row, a: SystemName, b: SystemName): number | undefined => {
     const x = find(rows, scenario, a)?.[metric]
@@ -73,11 +114,15 @@ export function targets (rows: Row[]): Target[] {
       : { name, measured: show(value), pass: pass(value) }
   const rss = find(rows, 'scale', 'fanout')?.rssPerConnKB
   return [
+    judged('steady: CPU per delivery ≤ Nchan\'s (issue 13)', ratio('steady', 'cpuUsPerDelivery', 'fanout', 'nchan'),
+      (v) => v <= 1, (v) => `${v.toFixed(2)}× Nchan's`),
+    judged('steady: p99 ≤ Nchan\'s (issue 13)', ratio('steady', 'p99Ms', 'fanout', 'nchan'),
+      (v) => v <= 1, (v) => `${v.toFixed(2)}× Nchan's`),
     judged('steady: CPU per delivery ≤ 1.15× the floor', ratio('steady', 'cpuUsPerDelivery', 'fanout', 'floor'),
       (v) => v <= 1.15, (v) => `${v.toFixed(2)}× the floor`),
     judged('steady: CPU per delivery ≥ 1.3× better than Socket.IO', ratio('steady', 'cpuUsPerDelivery', 'socketio', 'fanout'),
       (v) => v >= 1.3, (v) => `${v.toFixed(2)}× better`),
-    judged('burst: deliveries/s ≥ 3× Socket.IO', ratio('burst', 'deliveriesPerSec', 'fanout', 'socketio'),
+    judged('burst: deliveries/s ≥ 3× Socket.IO (issues 6, 13)', ratio('burst', 'deliveriesPerSec', 'fanout', 'socketio'),
       (v) => v >= 3, (v) => `${v.toFixed(2)}×`),
     judged('scale: ≤ 10 KB RSS per idle connection', rss, (v) => v <= 10, (v) => `${v.toFixed(1)} KB`),
     judged('latency (4,000 × 10/s): p99 no worse than Socket.IO', ratio('latency', 'p99Ms', 'fanout', 'socketio'),
@@ -106,9 +151,11 @@ export function markdown (results: Results): string {
       'user + system time of all replicas of the system over its measured rounds, divided by deliveries; ' +
       'latency runs from the `ts` stamped at publish to receipt by the load client; client CPU is the ' +
       'busiest load-client process and all of them together, in % of one core; machine busy is all cores. ' +
-      'In steady, burst and latency the systems take turns, round by round.',
+      'In steady, burst and latency the systems take turns, round by round; deliveries/s, CPU, p50 and p99 ' +
+      'are the medians of the rounds (each round listed below its table), max is the slowest delivery of all rounds.',
     ''
   ]
+  for (const { system, why } of results.missing) lines.push(`**${LABELS[system]} not measured**: ${why}.`, '')
   for (const s of results.scenarios) {
     const scenarioRows = rows.filter((r) => r.scenario === s.name)
     if (scenarioRows.length === 0) continue
@@ -123,6 +170,10 @@ export function markdown (results: Results): string {
         ` ${fixed(r.clientCpuMaxPct, 0)} / ${fixed(r.clientCpuSumPct, 0)} | ${fixed(r.machineBusyPct, 0)} |`)
     }
     lines.push('')
+    if (s.rounds > 1) {
+      lines.push('Rounds (CPU µs/delivery, p99 ms): ' + scenarioRows.map((r) =>
+        `${LABELS[r.system]} ${r.perRound.map((x) => `${fixed(x.cpuUsPerDelivery, 2)}/${fixed(x.p99Ms, 0)}`).join(', ')}`).join('; ') + '.', '')
+    }
   }
 
   const ratioRows: string[] = []
@@ -144,7 +195,29 @@ export function markdown (results: Results): string {
       '|---|---|---:|---:|---:|---:|---:|', ...ratioRows, '')
   }
 
-  lines.push('## Targets (issue 6)', '', '| target | measured | result |', '|---|---|---|')
+  if (results.storms.length > 0) {
+    const s = results.storms[0]
+    lines.push(`## storm: ${s.clients.toLocaleString('en-US')} clients over ${s.replicas} replicas, ${s.rate} events/s; one replica SIGKILLed, ` +
+      'its clients reconnect at once to the others with `?since=<last id>`', '',
+    'Live again: the client received an event published after the kill. RSS: the surviving replicas together, ' +
+      'before the kill and at the peak until a few seconds after the last client was live. Gaps and duplicates: ' +
+      'in the publisher\'s own numbering of the events, over all reconnecting clients.', '',
+    '| system | live / reconnecting | all live after s | p50 s | survivors RSS before → peak MB | growth MB | gaps | duplicates | refused, retried |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+    for (const st of results.storms) {
+      lines.push(`| ${LABELS[st.system]} | ${thousands(st.live)} / ${thousands(st.resuming)} | ${fixed(st.secondsToAllLive, 2)} | ${fixed(st.p50SecondsToLive, 2)} | ` +
+        `${fixed(st.survivorsRssBeforeMB, 0)} → ${fixed(st.survivorsRssPeakMB, 0)} | ${fixed(st.rssGrowthMB, 0)} | ${thousands(st.gaps)} | ${thousands(st.duplicates)} | ${thousands(st.retries)} |`)
+    }
+    const fanout = results.storms.find((st) => st.system === 'fanout')
+    const floor = results.storms.find((st) => st.system === 'floor')
+    if (fanout && floor) {
+      lines.push('', `fastify-fanout ÷ floor (a bare reconnect, no resume): time to all live ${fixed(fanout.secondsToAllLive / floor.secondsToAllLive, 2)}, ` +
+        `RSS growth ${fixed(fanout.rssGrowthMB / floor.rssGrowthMB, 2)}, peak RSS ${fixed(fanout.survivorsRssPeakMB / floor.survivorsRssPeakMB, 2)}.`)
+    }
+    lines.push('')
+  }
+
+  lines.push('## Targets', '', '| target | measured | result |', '|---|---|---|')
   for (const target of targets(rows)) {
     lines.push(`| ${target.name} | ${target.measured} | ${target.pass === undefined ? 'not run' : target.pass ? 'pass' : 'FAIL'} |`)
   }

@@ -1,14 +1,18 @@
-// The four systems under test, as the harness, the load clients and the publisher see them.
+// The systems under test, as the harness, the load clients and the publisher see them.
 
-export const SYSTEMS = ['fanout', 'floor', 'socketio', 'naive'] as const
+export const SYSTEMS = ['fanout', 'floor', 'nchan', 'socketio', 'naive'] as const
 export type SystemName = typeof SYSTEMS[number]
 
 export const LABELS: Record<SystemName, string> = {
   fanout: 'fastify-fanout',
-  floor: 'floor (ws, frame once)',
+  floor: 'floor (ws, frame once, one write per turn)',
+  nchan: 'Nchan (nginx module, C)',
   socketio: 'Socket.IO 4 + redis-adapter',
   naive: 'naive ws (send per client)'
 }
+
+/** Nchan's WebSocket subscriber and HTTP publisher locations (bench/nchan.ts writes them). */
+export const NCHAN_PUBLISH_PATH = '/publish'
 
 /** fastify-fanout's key prefix in the bench's private Redis; its channel is `<prefix>events`. */
 export const FANOUT_PREFIX = 'bench-fanout:'
@@ -20,7 +24,8 @@ export function channelOf (system: 'floor' | 'naive'): string {
 /** Where a load client connects, per replica port. */
 export function clientUrl (system: SystemName, port: number): string {
   switch (system) {
-    case 'fanout': return `ws://127.0.0.1:${port}/guest`
+    case 'fanout':
+    case 'nchan': return `ws://127.0.0.1:${port}/guest`
     // The engine.io v4 protocol over a WebSocket from the first request, as socket.io-client does
     // with `transports: ['websocket']`.
     case 'socketio': return `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`

@@ -45,6 +45,8 @@ export interface Transport {
   onClose (listener: () => void): void
 }
 
+const HEARTBEAT_SLICES = 10
+
 /** One connected client, as the hub sees it. */
 export class Client {
   /** Live events held back while this client's replay is read from history. */
@@ -53,6 +55,8 @@ export class Client {
   /** Waiting for a replay slot: live events are skipped, the replay will read them from history. */
   queued = false
   alive = true
+  /** Which tick of the heartbeat's cycle pings this client (Hub #ping). */
+  pingSlot = 0
   /**
    * A resumed client's newest replayed event. The history read and live delivery travel on
    * different Redis connections, so replayed events can still arrive live after the replay:
@@ -62,6 +66,13 @@ export class Client {
   lastId: string | undefined
   /** What `authorize` returned for this connection. */
   identity: Identity = ANONYMOUS
+  /**
+   * The hub's turn in which this client has live frames waiting to be written, and their range
+   * in that turn's frames (Hub.deliver).
+   */
+  pendingTurn = 0
+  pendingFrom = 0
+  pendingTo = 0
   readonly raw: Socket
 
   constructor (readonly transport: Transport, readonly control: boolean) {
@@ -122,8 +133,10 @@ export function textFrame (data: Buffer | string): Buffer {
 
 /**
  * Every connected client of this replica, and the broadcast path: each event is framed once and
- * the same bytes are written to every open socket. Writes of one event-loop turn are corked and
- * leave in one syscall per socket.
+ * the same bytes are written to every open socket. The events of one event-loop turn leave
+ * together, in one write per socket: the frames of a turn are joined once for all the clients that
+ * get the same run of them, so the common case costs one plain `write` per socket, with no cork,
+ * uncork or writev bookkeeping in the stream (bench: README "Performance").
  */
 export class Hub {
   /** Every connection, for heartbeat, drain and capacity. */
@@ -133,13 +146,21 @@ export class Hub {
   #corked: Socket[] = []
   #replaying = 0
   #waitingToReplay: Array<() => void> = []
+  /** This turn's live WebSocket frames, and the clients with a run of them still to write. */
+  #frames: Buffer[] = []
+  #pending: Client[] = []
+  #turn = 1
+  /** This turn's joined runs of frames, by `from * 2^26 + to`: built once, shared by every client. */
+  #joined = new Map<number, Buffer>()
+  #pingTick = 0
+  #pingSlots = 0
   #heartbeat: NodeJS.Timeout | undefined
   #options: HubOptions
 
   constructor (options: HubOptions) {
     this.#options = options
     if (options.heartbeatMs > 0) {
-      this.#heartbeat = setInterval(() => this.#ping(), options.heartbeatMs)
+      this.#heartbeat = setInterval(() => this.#ping(), options.heartbeatMs / HEARTBEAT_SLICES)
       this.#heartbeat.unref()
     }
   }
@@ -153,6 +174,7 @@ export class Hub {
 
   /** Tracks a client of any transport; with `subscribe`, it receives every broadcast event. */
   addClient (client: Client, subscribe = true): Client {
+    client.pingSlot = this.#pingSlots++ % HEARTBEAT_SLICES
     this.clients.add(client)
     if (subscribe) this.#subscribers.add(client)
     client.transport.onPong(() => { client.alive = true })
@@ -163,26 +185,83 @@ export class Hub {
     return client
   }
 
-  /** The broker's listener: one event, every client. */
+  /**
+   * The broker's listener: one event, every client. Who gets it is decided now; WebSocket bytes
+   * are written at the end of the turn (#flushAll), or before anything else the client is sent,
+   * as one run of the turn's frames joined once for every client that gets the same run.
+   */
   deliver (event: BrokerEvent): void {
     const stats = this.#options.stats
     stats.eventsIn++
+    const frame = frameOf(event)
+    const at = this.#frames.push(frame) - 1
+    if (at === 0) process.nextTick(this.#flushAll)
+    const turn = this.#turn
     let delivered = 0
     for (const client of this.#subscribers) {
       if (client.queued) continue
-      const frame = client.frame(event)
       if (client.held) {
         client.held.push(event)
-        client.heldBytes += frame.length
+        client.heldBytes += client.frame(event).length
         if (client.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
       } else if (client.hasSeen(event.id)) {
         continue // replayed already
-      } else if (this.#write(client, frame)) {
+      } else if (!(client.transport instanceof WebSocketTransport)) {
+        // Other transports (EventSource) have bytes of their own: written as they come, corked.
+        if (this.#write(client, client.frame(event))) {
+          client.lastId = undefined
+          delivered++
+        }
+      } else if (client.pendingTurn === turn && client.pendingTo === at) {
+        client.pendingTo = at + 1
+      } else if (client.open) {
+        // A client that skipped an event of this turn (replayed already) gets its earlier run now.
+        if (client.pendingTurn === turn) this.#flush(client)
         client.lastId = undefined
-        delivered++
+        client.pendingTurn = turn
+        client.pendingFrom = at
+        client.pendingTo = at + 1
+        this.#pending.push(client)
       }
     }
     stats.deliveries += delivered
+  }
+
+  readonly #flushAll = (): void => {
+    const pending = this.#pending
+    const turn = this.#turn++
+    this.#pending = []
+    for (const client of pending) if (client.pendingTurn === turn) this.#flush(client)
+    this.#frames = []
+    this.#joined.clear()
+  }
+
+  /** Writes the run of this turn's frames `client` is waiting for. */
+  #flush (client: Client): void {
+    const from = client.pendingFrom
+    const to = client.pendingTo
+    client.pendingTurn = 0
+    if (!client.open) return
+    const frames = this.#frames
+    const raw = client.raw
+    let queued = raw.writableLength
+    for (let i = from; i < to; i++) {
+      // An empty buffer always takes a frame, so one event larger than the cap still goes out.
+      if (queued > 0 && queued + frames[i].length > this.#options.maxBufferedBytes) return this.#cutOff(client)
+      queued += frames[i].length
+    }
+    raw.write(to - from === 1 ? frames[from] : this.#join(from, to))
+    this.#options.stats.deliveries += to - from
+  }
+
+  #join (from: number, to: number): Buffer {
+    const key = from * 2 ** 26 + to
+    let joined = this.#joined.get(key)
+    if (joined === undefined) {
+      joined = Buffer.concat(this.#frames.slice(from, to))
+      this.#joined.set(key, joined)
+    }
+    return joined
   }
 
   /**
@@ -320,7 +399,12 @@ export class Hub {
     return this.send(client, JSON.stringify(message), message.type)
   }
 
+  /**
+   * One frame for one client, after the live frames it is still waiting for. Corked until the end
+   * of the turn: a replay writes many in a row.
+   */
   #write (client: Client, frame: Buffer): boolean {
+    if (client.pendingTurn === this.#turn) this.#flush(client)
     if (!client.open) return false
     const raw = client.raw
     // An empty buffer always takes the frame, so one event larger than the cap still goes out.
@@ -355,9 +439,15 @@ export class Hub {
     client.terminate()
   }
 
+  /**
+   * One tick of the heartbeat: a tenth of the clients, each still pinged once per heartbeatMs. A
+   * ping is a write per socket, and the pongs a read each: done for every client at once, the
+   * sweep would cost as much as one broadcast and hold back the events that arrive meanwhile.
+   */
   #ping (): void {
+    const slot = this.#pingTick++ % HEARTBEAT_SLICES
     for (const client of this.clients) {
-      if (!client.open) continue
+      if (client.pingSlot !== slot || !client.open) continue
       if (!client.alive) {
         this.#options.stats.heartbeatTimeouts++
         client.terminate()

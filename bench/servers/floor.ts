@@ -1,5 +1,6 @@
-// The floor: the least a ws + ioredis server can do per event. Each Redis message is framed once
-// and the same bytes are written to every open socket; nothing else.
+// The floor: what fastify-fanout's broadcast does, with nothing else (no cap, no resume, no
+// metrics). Each Redis message is framed once; the frames of one event-loop turn are joined once
+// and leave in one write per socket, as lib/hub.ts does.
 import { createServer } from 'node:http'
 import type { Socket } from 'node:net'
 import { Redis } from 'ioredis'
@@ -13,12 +14,19 @@ const { Sender } = ws as unknown as {
 const server = createServer()
 const wss = new ws.WebSocketServer({ server, perMessageDeflate: false })
 
+let frames: Buffer[] = []
+function flush (): void {
+  const bytes = frames.length === 1 ? frames[0] : Buffer.concat(frames)
+  frames = []
+  for (const client of wss.clients) {
+    if (client.readyState === ws.WebSocket.OPEN) (client as unknown as { _socket: Socket })._socket.write(bytes)
+  }
+}
+
 const sub = new Redis(process.env.REDIS_URL as string)
 sub.on('messageBuffer', (_channel: Buffer, message: Buffer) => {
   const frame = Buffer.concat(Sender.frame(message, { fin: true, opcode: 1, mask: false, readOnly: true, rsv1: false }))
-  for (const client of wss.clients) {
-    if (client.readyState === ws.WebSocket.OPEN) (client as unknown as { _socket: Socket })._socket.write(frame)
-  }
+  if (frames.push(frame) === 1) process.nextTick(flush)
 })
 await sub.subscribe(process.env.BENCH_CHANNEL as string)
 server.listen(Number(process.env.PORT), '127.0.0.1')

@@ -1,0 +1,118 @@
+// The hub's write path in process, on real sockets: the events of one event-loop turn leave in one
+// write per socket, in order, and a message for one client never overtakes the events it was
+// delivered after (lib/hub.ts deliver, #flush, #write).
+import { once } from 'node:events'
+import type { AddressInfo } from 'node:net'
+import t from 'tap'
+import { WebSocket, WebSocketServer } from 'ws'
+import type { BrokerEvent } from '../lib/event.js'
+import { Hub, type Client, type WebSocketTransport } from '../lib/hub.js'
+import { Stats } from '../lib/stats.js'
+import { waitFor } from './helper.js'
+
+interface Tap { teardown (fn: () => unknown): void }
+
+function event (id: string): BrokerEvent {
+  return { id, data: Buffer.from(JSON.stringify({ id, type: 'guest' })) }
+}
+
+/** A hub with `count` connected clients, each seen from both ends. */
+async function setUp (t: Tap, count: number, maxBufferedBytes = 1 << 20, heartbeatMs = 0): Promise<{ hub: Hub, stats: Stats, clients: Client[], received: string[][], writes: number[], pings: number[] }> {
+  const stats = new Stats()
+  const hub = new Hub({ maxBufferedBytes, heartbeatMs, maxConcurrentReplays: 32, stats })
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', perMessageDeflate: false })
+  await once(wss, 'listening')
+  t.teardown(() => { hub.close(); wss.close() })
+  const clients: Client[] = []
+  const received: string[][] = []
+  const writes: number[] = []
+  const pings: number[] = []
+  wss.on('connection', (ws) => {
+    const client = hub.add(ws, true)
+    const i = clients.push(client) - 1
+    writes.push(0)
+    // Counts the writes that reach the socket: the real write still happens.
+    const write = client.raw.write.bind(client.raw) as (chunk: Buffer) => boolean
+    client.raw.write = ((chunk: Buffer) => { writes[i]++; return write(chunk) }) as typeof client.raw.write
+  })
+  const port = (wss.address() as AddressInfo).port
+  for (let i = 0; i < count; i++) {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}`)
+    const messages: string[] = []
+    received.push(messages)
+    pings.push(0)
+    ws.on('ping', () => { pings[i]++ })
+    ws.on('message', (data) => messages.push(String(data)))
+    t.teardown(() => ws.terminate())
+    await once(ws, 'open')
+  }
+  await waitFor(() => clients.length === count, 5000, 'every client tracked')
+  return { hub, stats, clients, received, writes, pings }
+}
+
+const ids = (messages: string[]): string[] => messages.map((m) => (JSON.parse(m) as { id?: string, type: string }).id ?? (JSON.parse(m) as { type: string }).type)
+
+t.test('the events of one turn reach every client in order, in one write per socket', async (t) => {
+  const { hub, stats, received, writes } = await setUp(t, 3)
+  hub.deliver(event('1-0'))
+  hub.deliver(event('2-0'))
+  hub.deliver(event('3-0'))
+  await waitFor(() => received.every((m) => m.length === 3), 5000, 'all events received')
+  for (const messages of received) t.same(ids(messages), ['1-0', '2-0', '3-0'])
+  t.same(writes, [1, 1, 1], 'three events, one write per socket')
+  t.equal(stats.deliveries, 9, 'every delivery counted')
+  hub.deliver(event('4-0'))
+  await waitFor(() => received.every((m) => m.length === 4), 5000, 'the next turn')
+  t.same(writes, [2, 2, 2], 'the next turn is the next write')
+})
+
+t.test('a message for one client is written after the events delivered before it, before later ones', async (t) => {
+  const { hub, clients, received } = await setUp(t, 2)
+  hub.deliver(event('1-0'))
+  hub.deliver(event('2-0'))
+  hub.sendJson(clients[0], { type: 'note' })
+  hub.deliver(event('3-0'))
+  await waitFor(() => received[0].length === 4 && received[1].length === 3, 5000, 'all received')
+  t.same(ids(received[0]), ['1-0', '2-0', 'note', '3-0'])
+  t.same(ids(received[1]), ['1-0', '2-0', '3-0'], 'the other client gets the events alone')
+})
+
+t.test('a client that already has an event of this turn gets the others, in order', async (t) => {
+  const { hub, clients, received } = await setUp(t, 2)
+  hub.deliver(event('1-0'))
+  // As a replay leaves it: 2-0 already written to clients[0], so the live copy is skipped.
+  clients[0].lastId = '2-0'
+  hub.deliver(event('2-0'))
+  hub.deliver(event('3-0'))
+  await waitFor(() => received[0].length === 2 && received[1].length === 3, 5000, 'all received')
+  t.same(ids(received[0]), ['1-0', '3-0'])
+  t.same(ids(received[1]), ['1-0', '2-0', '3-0'])
+  t.equal(clients[0].lastId, undefined, 'the first newer event clears the replay mark')
+})
+
+t.test('the buffer cap counts every frame of the turn: a client that does not read is cut off', async (t) => {
+  const frame = 400
+  const { hub, clients, stats } = await setUp(t, 1, 4 * frame)
+  const raw = clients[0].raw
+  // Bytes already waiting in the socket, as when the peer stopped reading.
+  raw.cork()
+  raw.write(Buffer.alloc(frame))
+  const big = (id: string): BrokerEvent => ({ id, data: Buffer.from(JSON.stringify({ id, pad: 'x'.repeat(frame) })) })
+  for (let i = 1; i <= 4; i++) hub.deliver(big(`${i}-0`))
+  const closed = once((clients[0].transport as WebSocketTransport).ws, 'close')
+  await closed
+  t.equal(stats.slowConsumerDrops, 1, 'cut off and counted')
+  t.equal(stats.deliveries, 0, 'nothing counted as delivered to it')
+})
+
+t.test('the heartbeat pings a tenth of the clients per tick, each once per heartbeatMs', async (t) => {
+  const HEARTBEAT_MS = 1000
+  const { pings } = await setUp(t, 20, 1 << 20, HEARTBEAT_MS)
+  const started = Date.now()
+  await waitFor(() => pings.some((n) => n > 0), 5000, 'the first ping')
+  const first = pings.filter((n) => n > 0).length
+  t.ok(first <= 4, `the first tick pinged ${first} of 20, not all of them`)
+  await waitFor(() => pings.every((n) => n > 0), 5000, 'every client pinged')
+  t.ok(Date.now() - started < HEARTBEAT_MS + 500, 'every client within one heartbeat')
+  t.ok(pings.every((n) => n === 1), `once each: ${pings.join(',')}`)
+})
