@@ -19,6 +19,7 @@ const countEl = document.getElementById('count')
 
 let socket
 let lastId
+let lastEpoch
 let attempt = 0
 let arrivals = 0
 let failedOpens = 0
@@ -33,7 +34,7 @@ function connect () {
   if (failedOpens >= FALLBACK_AFTER || new URLSearchParams(location.search).get('transport') === 'sse') return listen()
   const url = new URL(STREAM, location.href)
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:'
-  if (lastId) url.searchParams.set('since', lastId)
+  resumeFrom(url)
   socket = new WebSocket(url, [PROTOCOL])
   socket.binaryType = 'arraybuffer'
   let opened = false
@@ -47,6 +48,7 @@ function connect () {
     const data = JSON.parse(message.data)
     if (data.type === 'guest') showGuest(data)
     else if (data.type === 'resume') showResume(data)
+    else if (data.type === 'gap') showGap(data)
     else if (data.type === 'ack') settleUpload(data, true)
     else if (data.type === 'error') settleUpload(data, false)
   }
@@ -63,7 +65,7 @@ function connect () {
 /** EventSource: events only. It reconnects by itself, resuming with Last-Event-ID. */
 function listen () {
   const url = new URL(STREAM, location.href)
-  if (lastId) url.searchParams.set('since', lastId)
+  resumeFrom(url)
   const source = new EventSource(url)
   socket = undefined
   document.body.classList.add('receive-only')
@@ -78,8 +80,15 @@ function listen () {
   }
 }
 
+/** Resume after the last event shown, naming its history (epoch), so a reset is noticed too. */
+function resumeFrom (url) {
+  if (lastId) url.searchParams.set('since', lastId)
+  if (lastEpoch) url.searchParams.set('epoch', lastEpoch)
+}
+
 function showGuest (event) {
   lastId = event.id
+  lastEpoch = event.epoch
   emptyEl.hidden = true
   countEl.textContent = `${++arrivals}`
   const li = document.createElement('li')
@@ -112,6 +121,14 @@ function showResume ({ replayed, lost }) {
   recoveredEl.textContent = lost
     ? `Reconnected: recovered ${replayed} events; some older ones were no longer in the history.`
     : `Reconnected: recovered ${replayed} missed event${replayed === 1 ? '' : 's'}.`
+}
+
+/** Events the server could not deliver and no history holds any more (a `gap` control message). */
+function showGap ({ lost }) {
+  recoveredEl.hidden = false
+  recoveredEl.textContent = lost === null
+    ? 'The event history was reset: some events may have been missed.'
+    : `${lost} event${lost === 1 ? ' was' : 's were'} lost before they could be delivered.`
 }
 
 function upload (file) {
