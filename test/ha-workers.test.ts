@@ -74,3 +74,20 @@ t.test('the leading worker paused past its lease, then woken: fenced, it publish
   const metrics = leader.logs().filter((l) => l.msg === 'metrics').at(-1)
   t.equal(metrics?.leader, 0, 'its metrics line says it does not lead')
 })
+
+t.test('REDIS_WAIT_REPLICAS=1: events leave the outbox only once a replica has them, each once', async (t) => {
+  const primary = await startRedis(t)
+  const worker = startWorker(t, {
+    REDIS_URL: primary.url, REDIS_WAIT_REPLICAS: '1', GUEST_COUNT: '40', GUEST_MIN_DELAY_MS: '10', GUEST_MAX_DELAY_MS: '20', METRICS_INTERVAL_MS: '200', LOG_LEVEL: 'debug'
+  })
+  await waitFor(() => worker.logs().some((l) => /replicas did not confirm/.test(String(l.msg))), 20_000, 'an unconfirmed batch')
+  t.equal(worker.logs().filter((l) => l.msg === 'published').length, 0, 'without a replica nothing counts as published')
+  await waitFor(() => worker.logs().some((l) => l.msg === 'metrics' && Number(l.waitShortfalls) > 0), 5000, 'the shortfall counted in the metrics line')
+  const replica = await startRedis(t)
+  await replica.cli('REPLICAOF', '127.0.0.1', String(primary.port))
+  t.same(await worker.exited, { code: 0, signal: null }, 'with a replica, all 40 confirmed')
+  const stream = await streamEntries(primary.url)
+  t.equal(stream.length, 40, 'each event once in the history, re-sent batches notwithstanding')
+  checkHistory(t, stream)
+  t.same((await streamEntries(replica.url)).map((e) => e.id), stream.map((e) => e.id), 'and on the replica')
+})
