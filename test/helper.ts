@@ -147,6 +147,14 @@ export async function waitFor<T> (fn: () => T | Promise<T>, timeoutMs = 10_000, 
   }
 }
 
+/**
+ * Whether `fn` comes to hold within `timeoutMs`: for `t.ok(await holds(…), what)`, an assertion
+ * that fails (rather than a wait that throws) when it never does.
+ */
+export async function holds (fn: () => unknown, timeoutMs = 10_000): Promise<boolean> {
+  return waitFor(async () => Boolean(await fn()), timeoutMs).then(() => true, () => false)
+}
+
 export interface Proc {
   child: ChildProcess
   output: () => string
