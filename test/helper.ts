@@ -193,12 +193,15 @@ export function run (t: Tap, command: string, args: string[], env: Record<string
 }
 
 /**
- * Whether `command` can be run here; when not, the test is skipped with the reason in its name,
- * where tap's summary shows it, instead of failing with an uncaught ENOENT.
+ * For `{ skip: missing('cmd') }`: false when every command can be run here; else the reason, which
+ * tap reports with the skip and which is said on stderr too, instead of an uncaught ENOENT.
  */
 export function missing (...commands: string[]): string | false {
   const absent = commands.filter((command) => spawnSync('sh', ['-c', `command -v ${command}`]).status !== 0)
-  return absent.length > 0 && `${absent.join(' and ')} not installed (.ci/run installs it)`
+  if (absent.length === 0) return false
+  const reason = `NOT TESTED here: ${absent.join(' and ')} not installed (.ci/run installs it)`
+  console.error(reason)
+  return reason
 }
 
 /** The built server (`dist/server.js`), as `npm start` runs it, on a free port; resolves once it listens. */
