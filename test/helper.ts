@@ -115,6 +115,12 @@ export class TestClient {
     return this.json('guest') as never
   }
 
+  /** Everything received that is not an event: other JSON, text that is not JSON, binary frames. */
+  notEvents (): unknown[] {
+    const notEvent = (m: string): boolean => { try { return JSON.parse(m).type !== 'guest' } catch { return true } }
+    return [...this.messages.filter(notEvent), ...this.binary]
+  }
+
   /** Resolves once `predicate` holds, or rejects after `timeoutMs`. */
   async until (predicate: (client: TestClient) => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
     const deadline = Date.now() + timeoutMs
