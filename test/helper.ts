@@ -179,8 +179,14 @@ export function run (t: Tap, command: string, args: string[], env: Record<string
   let output = ''
   child.stdout?.on('data', (d) => { output += d })
   child.stderr?.on('data', (d) => { output += d })
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })))
+  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal }))
+    // A command that cannot start (ENOENT) fails the test that needed it, not the whole file.
+    child.once('error', (err) => {
+      output += `cannot start ${command}: ${err.message}\n`
+      resolve({ code: null, signal: null })
+    })
+  })
   const proc: Proc = {
     child,
     output: () => output,
