@@ -198,7 +198,8 @@ export function run (t: Tap, command: string, args: string[], env: Record<string
     }
   }
   t.teardown(() => {
-    killOwned(child)
+    // Once the leader has exited spawnOwned has killed its group already, and the id is not ours.
+    if (child.exitCode === null && child.signalCode === null) killOwned(child)
     return exited
   })
   return proc
