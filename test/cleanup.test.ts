@@ -2,7 +2,6 @@
 // worker, the replicas and nginx (its workers too) with it; a test process SIGKILLed takes its
 // processes, temp dirs and tmpfs mounts (lib/children.ts).
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
-import { connect as netConnect } from 'node:net'
 import t from 'tap'
 import { freePort, holds, missing, run, tempDir, waitFor } from './helper.js'
 
@@ -27,10 +26,6 @@ function descendants (pid: number): number[] {
 
 const alive = (pid: number): boolean => existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'))
 
-const accepts = (port: number) => new Promise<boolean>((resolve) => {
-  const socket = netConnect(port, '127.0.0.1').once('connect', () => { socket.destroy(); resolve(true) }).once('error', () => resolve(false))
-})
-
 t.test('npm run cluster killed with SIGKILL: Redis, worker, replicas and nginx die with it', { skip: missing('redis-server', 'nginx') }, async (t) => {
   const port = await freePort()
   const cluster = run(t, process.execPath, ['dist/cluster.js'], {
@@ -44,8 +39,6 @@ t.test('npm run cluster killed with SIGKILL: Redis, worker, replicas and nginx d
   })
   await waitFor(() => cluster.output().includes('| ready:') || cluster.child.exitCode !== null, 120_000, 'the cluster to start')
   const dir = /data in (\S+)\/redis/.exec(cluster.output())?.[1]
-  const replicaPorts = [.../replicas on (.*)/.exec(cluster.output())?.[1].matchAll(/:(\d+)/g) ?? []].map((m) => Number(m[1]))
-  const redisPort = Number(/private Redis at redis:\/\/127\.0\.0\.1:(\d+)/.exec(cluster.output())?.[1])
   const pids = descendants(cluster.child.pid as number)
   const names = pids.map((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').trim())
   t.ok(names.includes('redis-server') && names.includes('nginx') && names.filter((n) => n === 'node').length >= 3,
@@ -55,7 +48,7 @@ t.test('npm run cluster killed with SIGKILL: Redis, worker, replicas and nginx d
   cluster.child.kill('SIGKILL')
   t.ok(await holds(() => pids.every((pid) => !alive(pid)), 30_000), `every one of its ${pids.length} processes is gone (${pids.filter(alive).join(', ') || 'none'} left)`)
   t.ok(await holds(() => !existsSync(String(dir)), 30_000), 'its temp dir is removed')
-  for (const p of [port, ...replicaPorts, redisPort]) t.notOk(await accepts(p), `nothing listens on ${p} any more`)
+  // Its ports are not checked: free again, they are anyone's, and a parallel test may take one.
 })
 
 // A stand-in for a test file: it starts a process that starts another, owns a temp dir and, as

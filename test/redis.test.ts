@@ -104,16 +104,17 @@ t.test('Redis down: /readyz 503; Redis back: 200, delivery resumes, the outbox a
   const worker = startWorker(t, { REDIS_URL: redis.url, ...STEADY, METRICS_INTERVAL_MS: '100' })
   await client.until((c) => c.events().length >= 10, 10_000, 'events before the outage')
 
-  // Writes paused, the stream is every event Redis took before the outage (the worker keeps what
-  // it could not write); once the client has all of them, kill Redis.
+  // The outage starts with writes paused: the stream is then every event Redis took before it
+  // (the worker keeps what it could not write); once the client has all of them, kill Redis.
+  const killedAt = Date.now()
   await redis.cli('CLIENT', 'PAUSE', '10000', 'WRITE')
   const beforeOutage = (await streamEntries(redis.url)).map((e) => e.id)
   await client.until((c) => ids(c).includes(beforeOutage[beforeOutage.length - 1]), 10_000, 'what Redis took before the outage')
-  const killedAt = Date.now()
   await redis.stop('SIGKILL')
   await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 503, 5000, '/readyz to turn 503')
-  // Let the worker make events while Redis is gone: they wait in its outbox.
-  await waitFor(() => worker.logs().some((l) => l.msg === 'metrics' && Number(l.outboxLength) >= 10), 10_000, 'outbox to fill')
+  // Let the worker make events while Redis is gone: they wait in its outbox. It may also hold a
+  // few made just before the pause, hence 13 for the 10 asserted below.
+  await waitFor(() => worker.logs().some((l) => l.msg === 'metrics' && Number(l.outboxLength) >= 13), 10_000, 'outbox to fill')
   const restartedAt = Date.now()
   await redis.start()
   await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 200, 10_000, '/readyz to turn 200 again')
