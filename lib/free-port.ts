@@ -3,18 +3,17 @@ import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 
 /**
- * The ports below the kernel's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range), where
+ * 10240–19999, below the kernel's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range), where
  * no outgoing connection is ever given a local port: only an explicit listener can take one. The
- * top 10,000 are left out so a Redis cluster bus port (port + 10000) stays out of the range too.
+ * Redis Cluster harness (test/redis-topology.ts) picks its node ports from 20000 up and their bus
+ * ports (+10000) above that, so the two never meet.
  */
 function candidates (): { low: number, high: number } {
   let ephemeralLow = 32768
   try {
     ephemeralLow = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || ephemeralLow
   } catch {}
-  const low = 10_240
-  const high = ephemeralLow - 10_000 > low + 1000 ? ephemeralLow - 10_000 : ephemeralLow
-  return { low, high }
+  return { low: 10_240, high: Math.min(20_000, ephemeralLow) }
 }
 
 /** Reservations held until this process exits: a port handed out is never handed out again. */
@@ -46,6 +45,7 @@ function listenable (port: number): Promise<boolean> {
  */
 export async function freePort (): Promise<number> {
   const { low, high } = candidates()
+  if (high - low < 1000) throw new Error(`freePort needs ports ${low}–19999 outside the ephemeral range; ip_local_port_range starts at ${high}`)
   for (let attempt = 0; attempt < 1000; attempt++) {
     const port = low + Math.floor(Math.random() * (high - low))
     const reservation = await reserve(port)
