@@ -2,13 +2,14 @@
 // temp dir) unless REDIS_URL is given, the publisher worker, CLUSTER_REPLICAS [3] replicas on free
 // ports, and nginx on PORT [8080] with the same deploy/nginx.conf compose uses. The tests run the
 // same topology through startCluster().
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath, pathToFileURL } from 'node:url'
+import { ownPath, spawnOwned } from './lib/children.js'
 import { fail } from './tools/fail.js'
 import { freePort } from './lib/free-port.js'
 
@@ -48,17 +49,13 @@ export async function startCluster (options: ClusterOptions = {}): Promise<Clust
   const replicas = options.replicas ?? 3
   const host = options.host ?? '0.0.0.0'
   const dir = mkdtempSync(join(tmpdir(), 'fanout-cluster-'))
-  const children: ChildProcess[] = []
-  const killAll = () => { for (const child of children) if (running(child)) child.kill('SIGKILL') }
-  // Whatever ends this process, no child outlives it.
-  process.once('exit', killAll)
-
-  // Each child in its own process group, so a Ctrl-C reaches only us and we stop them in order.
+  const ownDir = ownPath('dir', dir)
+  // Each child in its own process group, so a Ctrl-C reaches only us and we stop them in order;
+  // and whatever ends this process, SIGKILL included, no child outlives it (lib/children.ts).
   const start = (name: string, command: string, args: string[], childEnv: NodeJS.ProcessEnv = env, cwd = ROOT) => {
-    const child = spawn(command, args, { cwd, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
-    children.push(child)
+    const child = spawnOwned(command, args, { cwd, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] })
     const prefix = `${name.padEnd(10)}|`
-    for (const stream of [child.stdout, child.stderr]) createInterface({ input: stream }).on('line', (line) => log(`${prefix} ${line}`))
+    for (const stream of [child.stdout, child.stderr]) if (stream !== null) createInterface({ input: stream }).on('line', (line) => log(`${prefix} ${line}`))
     child.once('error', (err) => log(`${prefix} cannot start: ${err.message}`))
     child.once('exit', (code, signal) => log(`${prefix} exited (${signal ?? `code ${code}`})`))
     return child
@@ -76,7 +73,7 @@ export async function startCluster (options: ClusterOptions = {}): Promise<Clust
       await terminate(nginx, 5000)
       await terminate(redis, 5000)
       rmSync(dir, { recursive: true, force: true })
-      process.off('exit', killAll)
+      ownDir.release()
     })()
     return stopped
   }

@@ -75,7 +75,7 @@ t.test('nothing lost through killed subscribers, a Redis restart and a replica c
   t.ok(ids.indexOf(lastBeforeRestart) > 0 && ids.indexOf(lastBeforeRestart) < ids.length - 1, 'ids kept growing across the Redis restart')
   const [resume] = moved[0].current.json('resume')
   t.match(resume, { type: 'resume', lost: false }, 'the fanout.v1 client was told what it recovered')
-  t.same(moved[1].current.json().filter((m) => m.type !== 'guest'), [], 'the plain client got events only')
+  t.same(moved[1].current.notEvents(), [], 'the plain client got events only')
 })
 
 t.test('resume while the replica\'s subscriber lags: replayed events that then arrive live are not sent twice', async (t) => {
@@ -113,7 +113,6 @@ t.test('SIGTERM: clients closed with 1012, spread over DRAIN_MS, then exit 0', a
   const late = netConnect(server.port, '127.0.0.1') // connected now, its handshake sent during the drain
   t.teardown(() => late.destroy())
   await once(late, 'connect')
-  const sentAt = Date.now()
   const exited = server.kill('SIGTERM')
   await Promise.race(closes)
   const newcomer = await connect(t, `${server.ws}/guest`, { open: false })
@@ -128,8 +127,9 @@ t.test('SIGTERM: clients closed with 1012, spread over DRAIN_MS, then exit 0', a
   t.same(closed.map((c) => c.code), Array(8).fill(1012), 'every client: 1012 service restart')
   const times = closed.map((c) => c.at)
   t.ok(Math.max(...times) - Math.min(...times) >= DRAIN_MS / 2, `closes spread over the window (${Math.max(...times) - Math.min(...times)} ms)`)
-  t.same(await exited, { code: 0, signal: null }, 'exit 0')
-  t.ok(Date.now() - sentAt < DRAIN_MS + 5000, 'inside DRAIN_MS + 5 s, the server\'s own hard stop')
+  // close-with-grace exits 1 at its hard stop (DRAIN_MS + 5 s): 0 means the drain finished first.
+  t.same(await exited, { code: 0, signal: null }, 'exit 0, inside DRAIN_MS + 5 s, the server\'s own hard stop')
+  t.notMatch(server.output(), /killed by timeout/)
   t.ok(server.logs().some((l) => l.msg === 'broker state changed' && l.state === 'closed'), 'Redis closed before exit')
 })
 
@@ -246,5 +246,5 @@ t.test('since older than the history: what is held, then live; fanout.v1 is told
   for (const c of [control, plain]) await c.until((c) => c.events().length >= expected.length, 10_000, 'the live events')
   t.same(eventIds(control), expected, 'fanout.v1: what the history held, then live, once each')
   t.same(eventIds(plain), expected, 'plain: the same events')
-  t.same(plain.json().filter((m) => m.type !== 'guest'), [], 'plain: no control message, it just continues')
+  t.same(plain.notEvents(), [], 'plain: no control message, it just continues')
 })

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import t from 'tap'
-import { build, connect, waitFor } from './helper.js'
+import { build, connect, holds, waitFor } from './helper.js'
 import { closePayload, encodeFrame, Opcode, RawClient, servesNewClient } from './raw-ws.js'
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed5)
@@ -74,6 +74,46 @@ function fuzzCase (): Buffer {
   }
 }
 
+/**
+ * What a batch of client frames, read as the server reads them, holds: the codes of its close
+ * frames (which a server echoes), and whether it ends with a whole close frame. When it does not
+ * (the last header claimed more bytes than followed and swallowed our close frame, or a message
+ * is left unfinished) the server may rightly sit waiting for the rest.
+ */
+function readBatch (batch: Buffer): { closeCodes: Set<number>, endsWithClose: boolean } {
+  const closeCodes = new Set<number>()
+  let offset = 0
+  let lastOpcode = -1
+  while (offset < batch.length) {
+    if (batch.length - offset < 2) return { closeCodes, endsWithClose: false }
+    const opcode = batch[offset] & 0x0f
+    const masked = (batch[offset + 1] & 0x80) !== 0
+    let length = BigInt(batch[offset + 1] & 0x7f)
+    let header = 2
+    if (length === 126n) {
+      if (batch.length - offset < 4) return { closeCodes, endsWithClose: false }
+      length = BigInt(batch.readUInt16BE(offset + 2))
+      header = 4
+    } else if (length === 127n) {
+      if (batch.length - offset < 10) return { closeCodes, endsWithClose: false }
+      length = batch.readBigUInt64BE(offset + 2)
+      header = 10
+    }
+    const key = masked ? batch.subarray(offset + header, offset + header + 4) : undefined
+    header += masked ? 4 : 0
+    if (BigInt(batch.length - offset - header) < length) return { closeCodes, endsWithClose: false }
+    const payload = Buffer.from(batch.subarray(offset + header, offset + header + Number(length)))
+    if (key) for (let i = 0; i < payload.length; i++) payload[i] ^= key[i & 3]
+    if (opcode === Opcode.CLOSE && payload.length >= 2) closeCodes.add(payload.readUInt16BE(0))
+    offset += header + Number(length)
+    lastOpcode = opcode
+  }
+  return { closeCodes, endsWithClose: lastOpcode === Opcode.CLOSE }
+}
+
+/** The codes the server itself closes with: normal, protocol error, bad UTF-8, policy, too big. */
+const SERVER_CODES = new Set([1000, 1002, 1007, 1008, 1009])
+
 /** `gc` without --expose-gc on the command line (tap starts the process). */
 function collectGarbage (): () => void {
   setFlagsFromString('--expose-gc')
@@ -90,6 +130,9 @@ t.test(`random and mutated frames (seed ${SEED}) do not crash, leak or wedge the
   let refusedHandshakes = 0
 
   const closeCodes = new Map<string, number>()
+  // Connections whose close the server had no reason for: a code it neither owns nor was sent,
+  // or no close at all although a whole close frame had arrived.
+  const unexplained: string[] = []
   let cases = 0
   async function fuzzConnection (): Promise<void> {
     const batch = Array.from({ length: 1 + int(MAX_CASES_PER_CONNECTION) }, fuzzCase)
@@ -103,10 +146,17 @@ t.test(`random and mutated frames (seed ${SEED}) do not crash, leak or wedge the
     }
     live.add(raw)
     // The batch, then a clean close: a server that found it all valid closes with 1000 at once.
-    raw.write(Buffer.concat([...batch, encodeFrame({ opcode: Opcode.CLOSE, payload: closePayload(1000) })]))
-    // The server closes on the first bad frame; one still waiting for a payload is cut off here.
-    const { code } = await Promise.race([raw.closed, sleep(200).then(() => ({ code: 'none' }))])
+    const bytes = Buffer.concat([...batch, encodeFrame({ opcode: Opcode.CLOSE, payload: closePayload(1000) })])
+    const sent = readBatch(bytes)
+    raw.write(bytes)
+    // The server closes on the first bad frame, or answers the close; one rightly still waiting
+    // for bytes is cut off after 200 ms. Owed a close, it gets 10 s, however busy the machine.
+    const { code } = await Promise.race([raw.closed, sleep(sent.endsWithClose ? 10_000 : 200).then(() => ({ code: 'none' as const }))])
     closeCodes.set(String(code), (closeCodes.get(String(code)) ?? 0) + 1)
+    const explained = code === 'none'
+      ? !sent.endsWithClose
+      : code !== undefined && (SERVER_CODES.has(code) || sent.closeCodes.has(code))
+    if (!explained && unexplained.length < 20) unexplained.push(`close ${code} after ${bytes.toString('hex').slice(0, 200)}`)
     raw.destroy()
     await raw.ended
     live.delete(raw)
@@ -132,14 +182,16 @@ t.test(`random and mutated frames (seed ${SEED}) do not crash, leak or wedge the
   await waitFor(() => app.fanout.hub.size === 0, 10_000, 'the warm-up connections to go')
   const before = heapAfterGc()
   await fuzz(CONNECTIONS)
-  await waitFor(() => app.fanout.hub.size === 0, 10_000, 'every fuzz connection to leave the hub')
+  const hubEmptied = await holds(() => app.fanout.hub.size === 0, 30_000)
   const after = heapAfterGc()
   t.comment(`close codes: ${JSON.stringify(Object.fromEntries([...closeCodes].sort()))}`)
   t.comment(`${cases} cases over ${CONNECTIONS + CONNECTIONS / 5} connections; heap ${(before / 2 ** 20).toFixed(1)} MiB -> ${(after / 2 ** 20).toFixed(1)} MiB; ` +
     `${app.fanout.stats.uploads} uploads, ${app.fanout.stats.textMessages} text messages got through`)
 
   t.equal(refusedHandshakes, 0, 'every handshake was admitted')
-  t.equal(app.fanout.hub.size, 0, 'hub.size is back to 0')
+  t.same(unexplained, [], 'every connection was closed with its own code or the one it sent, or was still owed bytes')
+  t.ok((closeCodes.get('1002') ?? 0) > 0 && (closeCodes.get('1007') ?? 0) > 0, 'protocol errors (1002) and bad UTF-8 (1007) among them')
+  t.ok(hubEmptied, `every fuzz connection left the hub (${app.fanout.hub.size} left)`)
   t.ok(after - before < 4 * 2 ** 20, `the heap did not grow (${((after - before) / 2 ** 20).toFixed(1)} MiB)`)
   t.same(errorLines, [], 'nothing was logged as an error')
   t.notOk((await readdir(uploadDir)).some((f) => f.startsWith('.')), 'no temp file left behind')
@@ -148,6 +200,5 @@ t.test(`random and mutated frames (seed ${SEED}) do not crash, leak or wedge the
   t.ok(await servesNewClient(t, app, ws), 'a new client receives a published event')
   const ask = await connect(t, `${ws}/ask`)
   ask.socket.send('Hello, server!')
-  await ask.until((c) => c.events().length === 1)
-  t.pass('/ask still answers')
+  t.ok(await holds(() => ask.events().length === 1), '/ask still answers')
 })

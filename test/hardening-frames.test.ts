@@ -2,7 +2,7 @@
 // with the right close code in the server's own close frame, and the server serving on after each.
 import { readdir } from 'node:fs/promises'
 import t from 'tap'
-import { build, connect, waitFor } from './helper.js'
+import { build, connect, holds } from './helper.js'
 import { closePayload, encodeFrame, Opcode, RawClient, Rsv, servesNewClient, type FrameSpec } from './raw-ws.js'
 
 t.test('a message over maxPayload is closed with 1009 and nothing reaches the disk', async (t) => {
@@ -23,7 +23,7 @@ t.test('a message over maxPayload is closed with 1009 and nothing reaches the di
 
   t.same(await readdir(uploadDir), [], 'no file and no temp file')
   t.equal(app.fanout.stats.uploads, 0)
-  t.ok(await servesNewClient(t, app, ws))
+  t.ok(await servesNewClient(t, app, ws), 'a new client is served')
 })
 
 t.test('invalid UTF-8 is closed with 1007', async (t) => {
@@ -76,7 +76,7 @@ t.test('protocol errors are closed with 1002', async (t) => {
     t.ok(await servesNewClient(t, app, ws), `serves on after ${name}`)
   }
   t.equal(app.fanout.stats.textMessages, 0, 'no malformed frame was taken for a message')
-  t.ok(await waitFor(() => app.fanout.hub.size === 0), 'every refused connection is gone from the hub')
+  t.ok(await holds(() => app.fanout.hub.size === 0), 'every refused connection is gone from the hub')
 })
 
 t.test('frames that are legal but unusual are accepted', async (t) => {
@@ -101,7 +101,7 @@ t.test('a message split into too many fragments is closed with 1008 (ws maxFragm
   raw.write(Buffer.concat(fragments))
   t.equal((await raw.closed).code, 1008)
   t.equal(app.fanout.stats.uploads, 0)
-  t.ok(await servesNewClient(t, app, ws))
+  t.ok(await servesNewClient(t, app, ws), 'a new client is served')
 })
 
 t.test('permessage-deflate is off: an offer is declined', async (t) => {

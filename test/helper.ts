@@ -1,6 +1,6 @@
 // Shared test helpers: the app built the one way tests build it, a private redis-server, spawned
 // processes, WebSocket clients that record what they get. Everything registers its own teardown.
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { connect as netConnect, createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -12,9 +12,15 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { WebSocket } from 'ws'
 import fanout, { type FanoutOptions } from '../app.js'
 import { STANDALONE } from '../lib/config.js'
+import { killOwned, ownPath, spawnOwned } from '../lib/children.js'
 import { freePort } from '../lib/free-port.js'
 
 export { freePort }
+
+// Under a runner that is itself killed, this test must not run on as an orphan: the processes it
+// started die with it (lib/children.ts). Node cannot ask for a parent-death signal, so it polls.
+const parent = process.ppid
+setInterval(() => { if (process.ppid !== parent) process.kill(process.pid, 'SIGKILL') }, 500).unref()
 
 type Tap = {
   teardown (fn: () => unknown): void
@@ -22,10 +28,14 @@ type Tap = {
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
-/** A temp directory removed at teardown. */
+/** A temp directory removed at teardown, or by the watchdog should this process be killed. */
 export function tempDir (t: Tap, prefix = 'fanout-test-'): string {
   const dir = mkdtempSync(join(tmpdir(), prefix))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const owned = ownPath('dir', dir)
+  t.teardown(() => {
+    rmSync(dir, { recursive: true, force: true })
+    owned.release()
+  })
   return dir
 }
 
@@ -107,6 +117,12 @@ export class TestClient {
     return this.json('guest') as never
   }
 
+  /** Everything received that is not an event: other JSON, text that is not JSON, binary frames. */
+  notEvents (): unknown[] {
+    const notEvent = (m: string): boolean => { try { return JSON.parse(m).type !== 'guest' } catch { return true } }
+    return [...this.messages.filter(notEvent), ...this.binary]
+  }
+
   /** Resolves once `predicate` holds, or rejects after `timeoutMs`. */
   async until (predicate: (client: TestClient) => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
     const deadline = Date.now() + timeoutMs
@@ -139,6 +155,14 @@ export async function waitFor<T> (fn: () => T | Promise<T>, timeoutMs = 10_000, 
   }
 }
 
+/**
+ * Whether `fn` comes to hold within `timeoutMs`: for `t.ok(await holds(…), what)`, an assertion
+ * that fails (rather than a wait that throws) when it never does.
+ */
+export async function holds (fn: () => unknown, timeoutMs = 10_000): Promise<boolean> {
+  return waitFor(async () => Boolean(await fn()), timeoutMs).then(() => true, () => false)
+}
+
 export interface Proc {
   child: ChildProcess
   output: () => string
@@ -148,14 +172,23 @@ export interface Proc {
   kill (signal?: NodeJS.Signals): Promise<{ code: number | null, signal: NodeJS.Signals | null }>
 }
 
-/** A process (killed at teardown) whose output is kept. */
+/**
+ * A process whose output is kept. At teardown it is killed with everything it started (its
+ * process group); should this test process die first, however it dies, they die with it.
+ */
 export function run (t: Tap, command: string, args: string[], env: Record<string, string | undefined> = {}, cwd = ROOT): Proc {
-  const child = spawn(command, args, { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawnOwned(command, args, { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   child.stdout?.on('data', (d) => { output += d })
   child.stderr?.on('data', (d) => { output += d })
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })))
+  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal }))
+    // A command that cannot start (ENOENT) fails the test that needed it, not the whole file.
+    child.once('error', (err) => {
+      output += `cannot start ${command}: ${err.message}\n`
+      resolve({ code: null, signal: null })
+    })
+  })
   const proc: Proc = {
     child,
     output: () => output,
@@ -166,8 +199,24 @@ export function run (t: Tap, command: string, args: string[], env: Record<string
       return exited
     }
   }
-  t.teardown(() => proc.kill('SIGKILL'))
+  t.teardown(() => {
+    // Once the leader has exited spawnOwned has killed its group already, and the id is not ours.
+    if (child.exitCode === null && child.signalCode === null) killOwned(child)
+    return exited
+  })
   return proc
+}
+
+/**
+ * For `{ skip: missing('cmd') }`: false when every command can be run here; else the reason, which
+ * tap reports with the skip and which is said on stderr too, instead of an uncaught ENOENT.
+ */
+export function missing (...commands: string[]): string | false {
+  const absent = commands.filter((command) => spawnSync('sh', ['-c', `command -v ${command}`]).status !== 0)
+  if (absent.length === 0) return false
+  const reason = `NOT TESTED here: ${absent.join(' and ')} not installed (.ci/run installs it)`
+  console.error(reason)
+  return reason
 }
 
 /** The built server (`dist/server.js`), as `npm start` runs it, on a free port; resolves once it listens. */
@@ -181,7 +230,8 @@ export async function startServer (t: Tap, env: Record<string, string | undefine
     ...env,
     PORT: String(port)
   })
-  await waitFor(() => proc.output().includes('Server listening') || proc.child.exitCode !== null, 15_000, 'server to listen')
+  // How long start-up takes is not under test: on a machine busy with other test files it can be long.
+  await waitFor(() => proc.output().includes('Server listening') || proc.child.exitCode !== null, 120_000, 'server to listen')
   if (proc.child.exitCode !== null) throw new Error(`server exited: ${proc.output()}`)
   return { ...proc, port, url: `http://127.0.0.1:${port}`, ws: `ws://127.0.0.1:${port}` }
 }
@@ -202,7 +252,10 @@ export interface TestRedis {
   start (): Promise<void>
 }
 
-/** A private redis-server on a free port, in its own temp dir; never the machine's 6379. */
+/**
+ * A private redis-server in its own temp dir, never the machine's 6379, on a port freePort keeps
+ * for this test process alone: restarted, it comes back on a port nobody could take meanwhile.
+ */
 export async function startRedis (t: Tap, options: { aof?: boolean } = {}): Promise<TestRedis> {
   const port = await freePort()
   const dir = tempDir(t, 'fanout-redis-')
@@ -212,9 +265,9 @@ export async function startRedis (t: Tap, options: { aof?: boolean } = {}): Prom
     dir,
     proc: undefined as unknown as Proc,
     cli: (...args) => new Promise((resolve, reject) => {
-      const child = spawn('redis-cli', ['-p', String(port), ...args])
+      const child = spawnOwned('redis-cli', ['-p', String(port), ...args], { stdio: ['ignore', 'pipe', 'ignore'] })
       let out = ''
-      child.stdout.on('data', (d) => { out += d })
+      child.stdout?.on('data', (d) => { out += d })
       child.once('error', reject)
       child.once('exit', () => resolve(out.trim()))
     }),

@@ -220,12 +220,28 @@ export class RawClient {
   }
 }
 
-/** A fresh client connects and receives a freshly published event: the server is still serving. */
+/**
+ * Whether the server still serves: a fresh client connects and receives a freshly published
+ * event within 10 s. False, never an exception, when it does not, so `t.ok` on it can fail.
+ */
 export async function servesNewClient (t: Tap, app: FastifyInstance, ws: string): Promise<boolean> {
-  const client = await connect(t, `${ws}/guest`)
+  const client = await connect(t, `${ws}/guest`, { open: false })
+  if (!await client.opened.then(() => true, () => false)) return false
   const id = await app.fanout.publish({ type: 'guest', guest: '新客', time: '00:00:00', ts: Date.now() })
-  await client.until((c) => c.events().some((e) => e.id === id), 10_000, 'the published event')
+  const received = await client.until((c) => c.events().some((e) => e.id === id), 10_000, 'the published event').then(() => true, () => false)
   client.socket.close()
   await client.closed
-  return true
+  return received
+}
+
+/** The status a handshake is answered with: 101 when admitted, else the refusal's. */
+export async function handshakeStatus (t: Tap, port: number, options: RawOptions = {}): Promise<number> {
+  try {
+    const raw = await RawClient.open(t, port, options)
+    raw.destroy()
+    return 101
+  } catch (err) {
+    if (err instanceof HandshakeRefused) return err.status
+    throw err
+  }
 }

@@ -8,8 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { startCluster } from '../cluster.js'
 import {
-  connect, freePort, httpStatus, metricValue, redisProxy, run, startRedis, startServer, startWorker, streamEntries,
-  tempDir, waitFor, type TestClient
+  connect, freePort, holds, httpStatus, metricValue, missing, redisProxy, run, startRedis, startServer, startWorker,
+  streamEntries, tempDir, waitFor, type TestClient
 } from './helper.js'
 
 type Tap = Parameters<typeof startRedis>[0]
@@ -40,7 +40,7 @@ t.test('three replicas, one worker: every client of every replica gets every eve
   for (const client of clients) await client.until((c) => c.events().length >= 50, 10_000, '50 events')
   for (const [i, client] of clients.entries()) t.same(ids(client), stream, `client ${i} has the stream's events, once each, in order`)
   for (const r of replicas) t.equal(await metricValue(r.url, 'fanout_events_in_total'), 50, 'each replica took each event once')
-  t.ok(clients.every((c) => c.json().every((m) => m.type === 'guest')), 'no control message without a reason')
+  t.same(clients.flatMap((c) => c.notEvents()), [], 'no control message without a reason, nothing but events')
 })
 
 t.test('a replica with REDIS_URL and no worker publishes nothing (PUBLISHER is off with Redis)', async (t) => {
@@ -104,11 +104,17 @@ t.test('Redis down: /readyz 503; Redis back: 200, delivery resumes, the outbox a
   const worker = startWorker(t, { REDIS_URL: redis.url, ...STEADY, METRICS_INTERVAL_MS: '100' })
   await client.until((c) => c.events().length >= 10, 10_000, 'events before the outage')
 
+  // The outage starts with writes paused: the stream is then every event Redis took before it
+  // (the worker keeps what it could not write); once the client has all of them, kill Redis.
   const killedAt = Date.now()
+  await redis.cli('CLIENT', 'PAUSE', '10000', 'WRITE')
+  const beforeOutage = (await streamEntries(redis.url)).map((e) => e.id)
+  await client.until((c) => ids(c).includes(beforeOutage[beforeOutage.length - 1]), 10_000, 'what Redis took before the outage')
   await redis.stop('SIGKILL')
   await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 503, 5000, '/readyz to turn 503')
-  // Let the worker make events while Redis is gone: they wait in its outbox.
-  await waitFor(() => worker.logs().some((l) => l.msg === 'metrics' && Number(l.outboxLength) >= 10), 10_000, 'outbox to fill')
+  // Let the worker make events while Redis is gone: they wait in its outbox. It may also hold a
+  // few made just before the pause, hence 13 for the 10 asserted below.
+  await waitFor(() => worker.logs().some((l) => l.msg === 'metrics' && Number(l.outboxLength) >= 13), 10_000, 'outbox to fill')
   const restartedAt = Date.now()
   await redis.start()
   await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 200, 10_000, '/readyz to turn 200 again')
@@ -119,9 +125,8 @@ t.test('Redis down: /readyz 503; Redis back: 200, delivery resumes, the outbox a
   const after = (await streamEntries(redis.url)).map((e) => e.id)
   await client.until((c) => ids(c).includes(after[after.length - 1]), 10_000, 'the last event')
   const got = client.events()
-  const before = got.filter((e) => e.ts < killedAt && !after.includes(e.id))
-  t.ok(before.length >= 10, 'events from before the outage')
-  t.same(got.map((e) => e.id), [...before.map((e) => e.id), ...after], 'then exactly what Redis holds now, once each')
+  t.ok(beforeOutage.length >= 10, `events from before the outage (${beforeOutage.length})`)
+  t.same(got.map((e) => e.id), [...beforeOutage, ...after], 'every event Redis took before the outage, then exactly what it holds now, once each')
   const outbox = got.filter((e) => e.ts > killedAt && e.ts < restartedAt)
   t.ok(outbox.length >= 10, `events made during the outage arrived (${outbox.length})`)
   t.ok(got.every((e, i) => i === 0 || e.ts >= got[i - 1].ts), 'in the order the worker made them')
@@ -136,8 +141,7 @@ t.test('a subscriber connection killed inside Redis: the replica resubscribes, n
   const subscribers = async () => (await redis.cli('CLIENT', 'LIST', 'TYPE', 'pubsub')).split('\n').filter(Boolean).map((l) => /id=(\d+)/.exec(l)?.[1])
   const [before] = await subscribers()
   t.equal(await redis.cli('CLIENT', 'KILL', 'TYPE', 'pubsub'), '1', 'the one subscriber was killed')
-  const after = await waitFor(async () => { const now = await subscribers(); return now.length === 1 && now[0] !== before ? now[0] : undefined }, 10_000, 'a new subscriber')
-  t.not(after, before, 'subscribed again on a new connection')
+  t.ok(await holds(async () => { const now = await subscribers(); return now.length === 1 && now[0] !== before }), 'subscribed again on a new connection')
   t.same(await worker.exited, { code: 0, signal: null })
   const stream = (await streamEntries(redis.url)).map((e) => e.id)
   t.equal(stream.length, 100)
@@ -154,10 +158,16 @@ t.test('a deaf subscriber (connected, silent): the canary catches it, the replic
   const client = await connect(t, `${server.ws}/guest`)
   const worker = startWorker(t, { REDIS_URL: redis.url, GUEST_COUNT: '100', ...STEADY })
   await client.until((c) => c.events().length >= 20, 10_000, 'events before')
+  // /readyz, asked back to back from before the subscriber goes deaf until it is ready again.
+  const readiness: number[] = []
+  const polling = { on: true }
+  const poller = (async () => { while (polling.on) readiness.push(await httpStatus(`${server.url}/readyz`)) })()
   t.equal(proxy.holdSubscribers().count, 1, 'the replica\'s subscriber connection went deaf')
   await waitFor(() => server.logs().some((l) => l.msg === 'canary did not come back: reconnecting the subscriber'), 10_000, 'the canary to notice')
-  t.ok(server.logs().some((l) => l.msg === 'broker state changed' && l.state === 'down'), 'readiness dropped meanwhile')
-  await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 200, 10_000, 'ready again')
+  await waitFor(() => readiness.at(-1) === 200, 10_000, 'ready again')
+  polling.on = false
+  await poller
+  t.ok(readiness.includes(503), `readiness dropped meanwhile: /readyz answered 503 (${readiness.filter((s) => s === 503).length} of ${readiness.length} times)`)
   t.same(await worker.exited, { code: 0, signal: null })
   const stream = (await streamEntries(redis.url)).map((e) => e.id)
   await client.until((c) => c.events().length >= 100, 10_000, 'all 100 events')
@@ -177,7 +187,7 @@ t.test('worker: REDIS_URL missing → a clear message and exit 1; SIGTERM → ex
   t.same(await worker.kill('SIGTERM'), { code: 0, signal: null })
 })
 
-t.test('docker-compose.yml is valid and has the scaled topology', async (t) => {
+t.test('docker-compose.yml is valid and has the scaled topology', { skip: missing('docker-compose') }, async (t) => {
   const quiet = run(t, 'docker-compose', ['-f', 'docker-compose.yml', 'config', '-q'])
   t.same(await quiet.exited, { code: 0, signal: null }, quiet.output())
   const services = run(t, 'docker-compose', ['-f', 'docker-compose.yml', 'config', '--services'])

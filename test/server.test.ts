@@ -43,12 +43,13 @@ t.test('guests arrive on the GUEST_MIN/MAX_DELAY_MS schedule', async (t) => {
   await client.until((c) => c.events().length >= 5, 20_000, 'five guests')
   const events = client.events()
   for (const e of events) t.match(e, { type: 'guest', id: /^\d+-\d+$/, guest: /^[\u4e00-\u9fff]{2,4}$/, time: /^\d\d:\d\d:\d\d$/, ts: Number })
-  // ts is taken after each wait, so consecutive events are at least the minimum apart. The upper
-  // bound is loose (a busy machine is slow), but below the 3 s default minimum.
-  for (let i = 1; i < events.length; i++) {
-    const gap = events[i].ts - events[i - 1].ts
-    t.ok(gap >= 198 && gap < 3000, `gap ${gap} ms within [200, 400] give or take scheduling`)
-  }
+  // ts is taken after each wait, so consecutive events are at least the minimum apart. A busy
+  // machine only ever makes a gap longer, so the upper end is held to the middle gap, which one
+  // stall cannot move: below the 3 s default minimum, so the variables were read.
+  const gaps = events.slice(1).map((e, i) => e.ts - events[i].ts)
+  for (const gap of gaps) t.ok(gap >= 198, `gap ${gap} ms is at least GUEST_MIN_DELAY_MS, give or take a timer's rounding`)
+  const median = [...gaps].sort((a, b) => a - b)[Math.floor(gaps.length / 2)]
+  t.ok(median < 3000, `the middle gap (${median} ms) is far below the default 3 s minimum`)
 })
 
 t.test('SIGTERM closes connected clients with 1012 and exits 0', async (t) => {
