@@ -1,7 +1,8 @@
 // `npm run cluster`: the compose topology without Docker. A private redis-server (AOF on, in a
 // temp dir) unless REDIS_URL is given, the publisher worker, CLUSTER_REPLICAS [3] replicas on free
 // ports, and nginx on PORT [8080] with the same deploy/nginx.conf compose uses. The tests run the
-// same topology through startCluster().
+// same topology through startCluster(). CLUSTER_HA=sentinel runs the high-availability topology of
+// docker-compose.ha.yml instead: a primary and a replica watched by three Sentinels, two workers.
 import type { ChildProcess } from 'node:child_process'
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -25,6 +26,8 @@ export interface ClusterOptions {
   replicas?: number
   /** An existing Redis; without it a private redis-server is started. */
   redisUrl?: string
+  /** 'sentinel': a private primary, replica and three Sentinels, and two workers (one leads). */
+  ha?: 'sentinel'
   /** Environment of the worker and the replicas [process.env]. */
   env?: NodeJS.ProcessEnv
   /** Where each line of output goes, prefixed with its process's name [stdout]. */
@@ -37,6 +40,8 @@ export interface Cluster {
   port: number
   redisUrl: string
   replicas: Array<{ port: number, process: ChildProcess }>
+  /** The Redis processes and the workers, by name, for an operator to kill and watch (HA). */
+  processes: Record<string, ChildProcess>
   /** The temp dir: nginx's config and temp files, the private Redis's data; removed by stop(). */
   dir: string
   /** Stops everything (worker and replicas first, then nginx, then Redis) and removes the temp dir. */
@@ -61,9 +66,10 @@ export async function startCluster (options: ClusterOptions = {}): Promise<Clust
     return child
   }
 
-  let redis: ChildProcess | undefined
+  const redisNodes: ChildProcess[] = [] // Redis, and with HA its replica and the Sentinels
   let nginx: ChildProcess | undefined
-  const nodes: ChildProcess[] = [] // the worker and the replicas
+  const nodes: ChildProcess[] = [] // the workers and the replicas
+  const processes: Record<string, ChildProcess> = {}
 
   let stopped: Promise<void> | undefined
   function stop (): Promise<void> {
@@ -71,7 +77,7 @@ export async function startCluster (options: ClusterOptions = {}): Promise<Clust
       // Replicas drain (1012 to their clients, through nginx) while Redis is still there.
       await Promise.all(nodes.map((child) => terminate(child, 20_000)))
       await terminate(nginx, 5000)
-      await terminate(redis, 5000)
+      await Promise.all(redisNodes.map((child) => terminate(child, 5000)))
       rmSync(dir, { recursive: true, force: true })
       ownDir.release()
     })()
@@ -79,21 +85,49 @@ export async function startCluster (options: ClusterOptions = {}): Promise<Clust
   }
 
   try {
-    let redisUrl = options.redisUrl
-    if (redisUrl === undefined) {
+    const redisServer = async (name: string, args: string[] = []): Promise<number> => {
       const port = await freePort()
-      mkdirSync(join(dir, 'redis'))
-      redis = start('redis', 'redis-server', ['--port', String(port), '--bind', '127.0.0.1',
-        '--dir', join(dir, 'redis'), '--appendonly', 'yes', '--save', ''])
-      await waitForOutput(redis, 'Ready to accept connections')
-      redisUrl = `redis://127.0.0.1:${port}`
+      mkdirSync(join(dir, name))
+      const child = start(name, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1',
+        '--dir', join(dir, name), '--appendonly', 'yes', '--save', '', ...args])
+      redisNodes.push(child)
+      processes[name] = child
+      await waitForOutput(child, 'Ready to accept connections')
+      return port
+    }
+    let redisUrl = options.redisUrl
+    let redisEnv: NodeJS.ProcessEnv
+    if (options.ha === 'sentinel') {
+      const primary = await redisServer('redis-primary')
+      await redisServer('redis-replica', ['--replicaof', '127.0.0.1', String(primary)])
+      const sentinels = await Promise.all([1, 2, 3].map(async (i) => {
+        const port = await freePort()
+        const name = `sentinel-${i}`
+        mkdirSync(join(dir, name))
+        const conf = join(dir, name, 'sentinel.conf') // Sentinel rewrites its own config
+        writeFileSync(conf, [`port ${port}`, 'bind 127.0.0.1', `dir ${join(dir, name)}`,
+          `sentinel monitor fanout 127.0.0.1 ${primary} 2`, 'sentinel down-after-milliseconds fanout 2000',
+          'sentinel failover-timeout fanout 10000', ''].join('\n'))
+        const child = start(name, 'redis-server', [conf, '--sentinel'])
+        redisNodes.push(child)
+        await waitForOutput(child, 'Sentinel ID')
+        return `127.0.0.1:${port}`
+      }))
+      redisEnv = { REDIS_SENTINELS: sentinels.join(','), REDIS_SENTINEL_NAME: 'fanout', REDIS_URL: undefined }
+      redisUrl = `sentinel fanout via ${sentinels.join(',')}`
+    } else {
+      redisUrl ??= `redis://127.0.0.1:${await redisServer('redis')}`
+      redisEnv = { REDIS_URL: redisUrl }
     }
 
-    nodes.push(start('worker', process.execPath, ['dist/worker.js'], { ...env, REDIS_URL: redisUrl }))
+    for (const name of options.ha === 'sentinel' ? ['worker-1', 'worker-2'] : ['worker']) {
+      processes[name] = start(name, process.execPath, ['dist/worker.js'], { ...env, ...redisEnv })
+      nodes.push(processes[name])
+    }
     const started = await Promise.all(Array.from({ length: replicas }, async (_, i) => {
       const port = await freePort()
       const child = start(`replica-${i + 1}`, process.execPath, ['dist/server.js'],
-        { ...env, REDIS_URL: redisUrl, PORT: String(port), HOST: '127.0.0.1' })
+        { ...env, ...redisEnv, PORT: String(port), HOST: '127.0.0.1' })
       nodes.push(child)
       await waitForHttp(child, `http://127.0.0.1:${port}/healthz`)
       return { port, process: child }
@@ -118,7 +152,7 @@ export async function startCluster (options: ClusterOptions = {}): Promise<Clust
       '-g', `daemon off; pid ${join(conf, 'nginx.pid')};`])
     await waitForHttp(nginx, `http://127.0.0.1:${port}/healthz`)
 
-    return { url: `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`, port, redisUrl, replicas: started, dir, stop }
+    return { url: `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`, port, redisUrl, replicas: started, processes, dir, stop }
   } catch (err) {
     await stop()
     throw err
@@ -163,16 +197,23 @@ async function main (): Promise<void> {
   const replicas = Number(process.env.CLUSTER_REPLICAS ?? 3)
   if (!Number.isInteger(port) || port < 0 || port > 65535) fail('fastify-fanout cluster', new Error(`PORT must be a port number, got "${process.env.PORT}"`))
   if (!Number.isInteger(replicas) || replicas < 1) fail('fastify-fanout cluster', new Error(`CLUSTER_REPLICAS must be a positive integer, got "${process.env.CLUSTER_REPLICAS}"`))
+  const ha = process.env.CLUSTER_HA || undefined
+  if (ha !== undefined && ha !== 'sentinel') fail('fastify-fanout cluster', new Error(`CLUSTER_HA must be "sentinel" or unset, got "${ha}"`))
   const log = (line: string) => process.stdout.write(`${'cluster'.padEnd(10)}| ${line}\n`)
   let cluster: Cluster
   try {
-    cluster = await startCluster({ port, replicas, host: process.env.HOST, redisUrl: process.env.REDIS_URL || undefined })
+    cluster = await startCluster({ port, replicas, host: process.env.HOST, redisUrl: process.env.REDIS_URL || undefined, ha })
   } catch (err) {
     fail('fastify-fanout cluster cannot start', err)
   }
   log(`ready: ${cluster.url}/ (WebSocket ${cluster.url.replace('http', 'ws')}/guest), through nginx`)
   log(`replicas on ${cluster.replicas.map((r) => `127.0.0.1:${r.port}`).join(', ')}`)
-  log(process.env.REDIS_URL ? `Redis at ${cluster.redisUrl}` : `private Redis at ${cluster.redisUrl}, data in ${cluster.dir}/redis (removed on exit)`)
+  log(process.env.REDIS_URL ? `Redis at ${cluster.redisUrl}` : `private Redis at ${cluster.redisUrl}, data in ${cluster.dir} (removed on exit)`)
+  if (ha) {
+    // For an operator trying a failover with the demo page open.
+    for (const [name, child] of Object.entries(cluster.processes)) log(`${name}: kill -9 ${child.pid}`)
+    log('the leading worker is the one that logged "this worker holds the lease"')
+  }
   const shutdown = (signal: NodeJS.Signals) => {
     log(`${signal}: stopping`)
     cluster.stop().then(() => process.exit(0), (err: Error) => fail('fastify-fanout cluster', err))
