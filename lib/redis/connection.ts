@@ -3,6 +3,7 @@
 // worker and the tests reach all three topologies the same way. Framework-free.
 import { isIP } from 'node:net'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
+import { retryDelay } from './retry.js'
 
 export interface HostPort { host: string, port: number }
 
@@ -103,9 +104,9 @@ export function describeTarget (target: RedisTarget): string {
   return `${url.protocol}//${url.host}${url.pathname}`
 }
 
-/** Capped exponential backoff with full jitter, plus a floor so a dead server is not hammered; never gives up. */
+/** Reconnection backoff: the commands' retry delay, plus a floor so a dead server is not hammered. */
 export function backoff (attempt: number, capMs = 2000): number {
-  return 50 + Math.round(Math.random() * Math.min(capMs, 100 * 2 ** Math.min(attempt, 10)))
+  return 50 + retryDelay(attempt, capMs)
 }
 
 // Options ioredis reads on the Cluster object itself rather than on each node's connection.
