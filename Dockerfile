@@ -7,6 +7,7 @@ COPY tsconfig.json app.ts server.ts worker.ts cluster.ts ./
 COPY lib lib
 COPY plugins plugins
 COPY routes routes
+COPY tools tools
 RUN npm run build
 
 # Runtime: production dependencies, the compiled code and the demo page; not root.

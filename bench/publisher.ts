@@ -1,8 +1,6 @@
 // The publisher process: publishes events into Redis the way each system's own publisher does,
 // at a fixed rate or as fast as it can, stamping `ts` at the moment of publishing.
-import { existsSync } from 'node:fs'
 import { Agent, request } from 'node:http'
-import { fileURLToPath } from 'node:url'
 import { Emitter } from '@socket.io/redis-emitter'
 import { Redis } from 'ioredis'
 import { nowMs, serve, sleep } from './common.js'
@@ -22,27 +20,18 @@ type Publish = (body: Body) => Promise<unknown>
 
 async function publisherFor (name: SystemName): Promise<Publish> {
   if (name === 'fanout') {
-    // Loaded at run time from dist/ so this build does not compile (and rewrite) the product. The
-    // broker is being split by concern (issue 9): take its publishing class wherever it lives.
-    const candidates = ['../lib/redis-broker.js', '../lib/redis/index.js', '../lib/redis/broker.js']
-    for (const file of candidates) {
-      const url = new URL(file, import.meta.url)
-      if (!existsSync(fileURLToPath(url))) continue
-      const { RedisBroker } = await import(url.href) as { RedisBroker?: new (options: Record<string, unknown>) => FanoutBroker }
-      if (RedisBroker === undefined) continue
-      const { DEFAULTS } = await import(new URL('../lib/options.js', import.meta.url).href) as { DEFAULTS: Record<string, number> }
-      // Both constructors: `url` (one file) and `target` (lib/redis/), with the product's defaults.
-      const broker = new RedisBroker({
-        url: redisUrl,
-        target: { url: redisUrl },
-        prefix: FANOUT_PREFIX,
-        historySize: DEFAULTS.historySize,
-        outboxSize: DEFAULTS.outboxSize,
-        canaryIntervalMs: DEFAULTS.canaryIntervalMs
-      })
-      return (body) => broker.publish(body)
-    }
-    throw new Error(`no RedisBroker export in dist/ (${candidates.join(', ')}): the bench publishes through the product's own broker`)
+    // Loaded at run time from dist/ so this build does not compile (and rewrite) the product.
+    const { RedisBroker } = await import(new URL('../lib/redis/broker.js', import.meta.url).href) as { RedisBroker: new (options: Record<string, unknown>) => FanoutBroker }
+    const { SETTINGS } = await import(new URL('../lib/config.js', import.meta.url).href) as { SETTINGS: Record<string, { schema: { default?: number } }> }
+    // The product's own broker, with the product's defaults.
+    const broker = new RedisBroker({
+      target: { url: redisUrl },
+      prefix: FANOUT_PREFIX,
+      historySize: SETTINGS.historySize.schema.default,
+      outboxSize: SETTINGS.outboxSize.schema.default,
+      canaryIntervalMs: SETTINGS.canaryIntervalMs.schema.default
+    })
+    return (body) => broker.publish(body)
   }
   if (name === 'nchan') {
     // One HTTP POST per event, as Nchan's publishers do; kept-alive connections, several in flight.

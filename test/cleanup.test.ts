@@ -38,7 +38,7 @@ t.test('npm run cluster killed with SIGKILL: Redis, worker, replicas and nginx d
     METRICS_INTERVAL_MS: '0'
   })
   await waitFor(() => cluster.output().includes('| ready:') || cluster.child.exitCode !== null, 120_000, 'the cluster to start')
-  const dir = /data in (\S+)\/redis/.exec(cluster.output())?.[1]
+  const dir = /data in (\S+) \(removed on exit\)/.exec(cluster.output())?.[1]
   const pids = descendants(cluster.child.pid as number)
   const names = pids.map((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').trim())
   t.ok(names.includes('redis-server') && names.includes('nginx') && names.filter((n) => n === 'node').length >= 3,
