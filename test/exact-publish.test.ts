@@ -21,10 +21,10 @@ async function scriptClient (t: Test, url: string): Promise<ScriptRedis> {
 }
 
 /** One call of the publish script, as the outbox makes it. */
-function publish (redis: ScriptRedis, counter: number, options: { floor?: string, epoch?: string, token?: string, publisher?: string } = {}) {
+function publish (redis: ScriptRedis, counter: number, options: { floor?: string, epoch?: string, token?: string, publisher?: string, oldestPending?: number } = {}) {
   return redis.fanoutPublish(keys.events, keys.meta, keys.publisher(options.publisher ?? 'p1'), keys.lease,
     JSON.stringify({ type: 'guest', n: counter }), 1000, keys.channel, 'PUBLISH', counter,
-    options.floor ?? '0-0', options.epoch ?? 'epochA', options.token ?? '', 5000)
+    options.floor ?? '0-0', options.epoch ?? 'epochA', options.token ?? '', 5000, options.oldestPending ?? 1)
 }
 
 t.test('the publish script: a counter seen again returns its id; a skipped counter is refused', async (t) => {
@@ -34,10 +34,11 @@ t.test('the publish script: a counter seen again returns its id; a skipped count
   const second = await publish(client, 2)
   t.equal(await publish(client, 1), first, 'a retry of counter 1 returns the id it got')
   t.equal(await publish(client, 2), second, 'and of counter 2')
-  await t.rejects(publish(client, 4), /^ORDER/, 'counter 4 before 3: refused, nothing written')
+  await t.rejects(publish(client, 4), /^ORDER/, 'counter 4 while 3 is pending: refused, nothing written')
   t.equal((await streamEntries(redis.url)).length, 2, 'two events in the history, not five')
+  t.ok(await publish(client, 4, { oldestPending: 4 }), 'counter 4 once the publisher dropped 3: accepted')
   t.not(await publish(client, 1, { publisher: 'p2' }), first, 'another publisher\'s counter 1 is its own event')
-  t.same((await streamEntries(redis.url)).map((e) => e.seq), [1, 2, 3], 'seq contiguous')
+  t.same((await streamEntries(redis.url)).map((e) => e.seq), [1, 2, 3, 4], 'seq contiguous')
 })
 
 t.test('the publish script: ids never go back or repeat when the keys vanish within a millisecond', async (t) => {

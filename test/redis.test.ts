@@ -178,7 +178,7 @@ t.test('a deaf subscriber (connected, silent): the canary catches it, the replic
 t.test('worker: REDIS_URL missing → a clear message and exit 1; SIGTERM → exit 0', async (t) => {
   const lonely = startWorker(t, { REDIS_URL: undefined })
   t.same(await lonely.exited, { code: 1, signal: null })
-  t.match(lonely.output(), /REDIS_URL is not set/)
+  t.match(lonely.output(), /REDIS_URL \(or REDIS_SENTINELS, or REDIS_CLUSTER_NODES\) is not set/)
   t.notMatch(lonely.output(), /\n\s+at /, 'no stack trace')
 
   const redis = await startRedis(t)

@@ -14,7 +14,7 @@ export interface PublishingConnection {
 export interface PublishingPipeline {
   fanoutPublish (events: string, meta: string, publisher: string, lease: string,
     body: string, maxLen: number, channel: string, command: string, counter: number, floor: string, epoch: string,
-    token: string, leaseMs: number): unknown
+    token: string, leaseMs: number, oldestPending: number): unknown
   wait (replicas: number, timeoutMs: number): unknown
   exec (): Promise<Array<[Error | null, unknown]> | null>
 }
@@ -60,6 +60,8 @@ export class Outbox {
   #flushing = false
   /** The batch on its way to Redis: closing waits for its replies, or events Redis ran would be reported lost. */
   #sending: Promise<unknown> = Promise.resolve()
+  /** The events of the batch on its way: never dropped, a reply may yet confirm them. */
+  #inFlight = new Set<Item>()
   #closed = false
 
   constructor (
@@ -77,7 +79,7 @@ export class Outbox {
     const encoded = encodeBody(body)
     return new Promise((resolve, reject) => {
       this.#items.push({ body: encoded, resolve, reject })
-      if (this.#items.length > this.options.outboxSize) this.#dropOldestUnsent()
+      if (this.#items.length > this.options.outboxSize) this.#dropOldest()
       this.flush()
     })
   }
@@ -117,14 +119,17 @@ export class Outbox {
     if (lease === undefined) return new Error('FENCED this worker does not hold the lease')
     const pipeline = this.redis().pipeline()
     const k = this.keys
+    for (const item of batch) item.counter ??= ++this.#counter
+    const oldestPending = batch[0].counter as number
     for (const item of batch) {
-      item.counter ??= ++this.#counter
       pipeline.fanoutPublish(k.events, k.meta, k.publisher(this.#publisherId), k.lease, item.body, this.options.historySize,
-        k.channel, this.options.publishCommand, item.counter, this.#floor, newEpoch(), lease.token, lease.leaseMs)
+        k.channel, this.options.publishCommand, item.counter as number, this.#floor, newEpoch(), lease.token, lease.leaseMs, oldestPending)
     }
     // WAIT in the same pipeline: the same connection, so it covers exactly these writes.
     if (this.options.waitReplicas > 0) pipeline.wait(this.options.waitReplicas, WAIT_TIMEOUT_MS)
+    this.#inFlight = new Set(batch)
     const replies = await pipeline.exec().catch((err: Error) => batch.map((): [Error, null] => [err, null]))
+    this.#inFlight.clear()
     const [waitErr, acked] = this.options.waitReplicas > 0 ? replies?.[batch.length] ?? [new Error('no reply'), 0] : [null, 0]
     if (this.options.waitReplicas > 0 && (waitErr !== null || Number(acked) < this.options.waitReplicas)) {
       // Not yet on enough replicas: a failover now could lose these. Keep them all and send them
@@ -178,10 +183,10 @@ export class Outbox {
     }
   }
 
-  #dropOldestUnsent (): void {
-    // Only never-sent events may go: one already sent may be in the history, and dropping it
-    // would leave its counter unused, which the next publish would stop at.
-    const at = this.#items.findIndex((item) => item.counter === undefined)
+  #dropOldest (): void {
+    // Not one on its way: its reply may yet confirm it. One sent before and refused may go: the
+    // script learns from the oldest pending counter that the ones below it were dropped.
+    const at = this.#items.findIndex((item) => !this.#inFlight.has(item))
     if (at < 0) return
     const [dropped] = this.#items.splice(at, 1)
     this.counters.outboxDropped++

@@ -38,7 +38,8 @@ export const DEDUPE_WINDOW = 1024
  *
  * - Idempotent: a counter the publisher already used returns the id it got then, so a retry after
  *   a lost reply or a partly executed pipeline never makes a second event. A counter that skips
- *   ahead is refused (`ORDER`): an earlier one was refused, and publishing past it would reorder.
+ *   ahead is refused (`ORDER`) while an earlier one is still pending: it was refused, and
+ *   publishing past it would reorder.
  * - Ids never go backwards and never repeat: each id is above the history's last id and above the
  *   newest id this publisher was given (`floor`), whatever became of the keys in between.
  * - A history that lost what this publisher knows it wrote (deleted, evicted, flushed, a restart
@@ -50,7 +51,8 @@ export const DEDUPE_WINDOW = 1024
  *
  * KEYS: events, meta, publisher record, lease.
  * ARGV: body, maxlen, channel, publish command (PUBLISH | SPUBLISH), counter, floor id,
- *       new-epoch name, lease token ('' = not fenced), lease ms.
+ *       new-epoch name, lease token ('' = not fenced), lease ms, the publisher's oldest counter
+ *       still pending (counters below it that never arrived were dropped, not refused).
  */
 export const PUBLISH_SCRIPT = `#!lua
 if ARGV[8] ~= '' then
@@ -68,7 +70,7 @@ if counter <= applied then
   if id then return id end
   return redis.error_reply('STALE publish ' .. counter .. ' is older than the dedupe window')
 end
-if applied > 0 and counter ~= applied + 1 then
+if applied > 0 and counter ~= applied + 1 and tonumber(ARGV[10]) < counter then
   return redis.error_reply('ORDER publish ' .. counter .. ' follows ' .. applied)
 end
 local function parse (id)
