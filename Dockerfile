@@ -7,6 +7,8 @@ COPY tsconfig.json app.ts server.ts worker.ts cluster.ts ./
 COPY lib lib
 COPY plugins plugins
 COPY routes routes
+# server.ts, worker.ts and cluster.ts import tools/fail.js (tsconfig.json compiles tools/).
+COPY tools tools
 RUN npm run build
 
 # Runtime: production dependencies, the compiled code and the demo page; not root.
