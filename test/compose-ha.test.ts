@@ -124,10 +124,13 @@ t.test('the HA compose topology in containers', { skip: reason ?? false }, async
     (await sh('docker', ['exec', container, 'redis-cli', ...args])).stdout.trim()
 
   await t.test('every service healthy; /readyz 200 through nginx; a fanout.v1 client receives guests', async (t) => {
-    for (const service of ['redis-primary', 'redis-replica', 'sentinel-1', 'sentinel-2', 'sentinel-3', 'lb']) {
-      t.equal((await project.healthy(service, 1)).length, 1, `${service} healthy`)
+    // Waits for each service's containers to turn healthy, then reads every state once more.
+    const expected: Array<[string, number]> = [['redis-primary', 1], ['redis-replica', 1], ['sentinel-1', 1], ['sentinel-2', 1], ['sentinel-3', 1], ['app', 3], ['lb', 1]]
+    for (const [service, n] of expected) await project.healthy(service, n)
+    for (const [service, n] of expected) {
+      const states = await Promise.all((await containers(service)).map(project.health))
+      t.same(states, Array(n).fill('healthy'), `${service}: ${n} healthy`)
     }
-    t.equal((await project.healthy('app', 3)).length, 3, 'three app replicas healthy')
     const workers = await containers('worker')
     t.equal(workers.length, 2, 'two workers running')
     t.equal(await waitFor(async () => (await httpStatus(`${http}/readyz`)) === 200 && 200, 60_000, '/readyz 200 through lb'), 200, '/readyz 200 through nginx')
@@ -135,7 +138,8 @@ t.test('the HA compose topology in containers', { skip: reason ?? false }, async
     t.match(await redisCli(replica, 'info', 'replication'), /role:slave[\s\S]*master_link_status:up/, 'the replica replicates the primary')
     await follower.start()
     const first = await follower.eventsAfter(0, 5, 30_000, '5 guest events')
-    t.ok(first.length >= 5, `${first.length} guest events through nginx`)
+    t.ok(strictlyIncreasing(first.map((e) => e.id)) && first.every((e) => /^[A-Za-z0-9_-]{1,32}$/.test(e.epoch)),
+      `guest events through nginx, ids increasing, each with its epoch (${first.length}: ${first[0].id} … ${first.at(-1)?.id}, epoch ${first[0].epoch})`)
   })
 
   let leader: { container: string, worker: string } | undefined
