@@ -7,7 +7,6 @@ COPY tsconfig.json app.ts server.ts worker.ts cluster.ts ./
 COPY lib lib
 COPY plugins plugins
 COPY routes routes
-# server.ts, worker.ts and cluster.ts import tools/fail.js (tsconfig.json compiles tools/).
 COPY tools tools
 RUN npm run build
 
