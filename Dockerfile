@@ -15,7 +15,11 @@ FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+# fastify is a peer of the plugin (a dev dependency in the lock), which --omit=dev leaves out; the
+# standalone server needs it: made a dependency in the image only, at the locked version.
+RUN npm pkg delete devDependencies.fastify \
+  && npm pkg set "dependencies.fastify=$(node -p "require('./package-lock.json').packages['node_modules/fastify'].version")" \
+  && npm install --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist dist
 COPY public public
 # Owned by node, so a fresh named volume mounted here is writable by the server.

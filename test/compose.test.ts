@@ -4,72 +4,33 @@
 // images come from deploy/standin/build-bases.sh when they cannot be pulled (README: "Compose").
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { WebSocket } from 'ws'
 import { compareIds } from '../lib/event.js'
-import { freePort, httpStatus, ROOT, TestClient, waitFor } from './helper.js'
+import { buildImages, composeProject, sh, unavailable } from './compose-helper.js'
+import { freePort, httpStatus, TestClient, waitFor } from './helper.js'
 
 t.setTimeout(25 * 60_000)
 
 const IMAGE = 'fastify-fanout:compose-test'
-const PROJECT = `fanoutct${process.pid}`
-const LABEL = `com.docker.compose.project=${PROJECT}`
-
-interface Run { stdout: string, ms: number }
-
-/** The parts of `docker inspect` the checks read. */
-interface Inspected {
-  Config: { User: string }
-  RestartCount: number
-  State: { Status: string, Running: boolean, StartedAt: string, ExitCode: number, Health?: { Status: string } }
-}
-
-/** Runs a command to its end; rejects with its output when it fails. */
-async function sh (cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv, timeoutMs?: number } = {}): Promise<Run> {
-  const started = Date.now()
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { cwd: ROOT, env: options.env ?? process.env, timeout: options.timeoutMs ?? 120_000, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${cmd} ${args.join(' ')}: ${err.message}\n${stderr.slice(-4000)}`))
-      else resolve({ stdout, ms: Date.now() - started })
-    })
-  })
-}
-
-async function answers (cmd: string, args: string[]): Promise<boolean> {
-  return sh(cmd, args, { timeoutMs: 20_000 }).then(() => true, () => false)
-}
-
-/** Why the topology cannot run here, or undefined when it can. */
-async function unavailable (): Promise<string | undefined> {
-  if (!await answers('docker', ['info'])) return 'no Docker engine answers `docker info` (.ci/run starts dockerd)'
-  if (!await answers('docker-compose', ['version']) && !await answers('docker', ['compose', 'version'])) {
-    return 'neither docker-compose nor `docker compose` is installed'
-  }
-}
 
 const reason = await unavailable()
 if (reason) console.error(`# compose test SKIPPED: ${reason}`)
 
 t.test('the compose topology in containers', { skip: reason ?? false }, async (t) => {
-  // v1 (Debian's docker-compose 1.29) honours deploy.replicas only with --compatibility; v2 always does.
-  const v1 = await answers('docker-compose', ['version'])
   const lbPort = await freePort()
-  const env = {
-    ...process.env,
+  const clients: TestClient[] = []
+  t.teardown(() => { for (const client of clients) client.socket.terminate() })
+  const project = await composeProject(t, 'docker-compose.yml', `fanoutct${process.pid}`, {
     LB_PORT: String(lbPort),
     FANOUT_IMAGE: IMAGE,
     GUEST_MIN_DELAY_MS: '100',
     GUEST_MAX_DELAY_MS: '250'
-  }
-  const compose = (args: string[], timeoutMs = 180_000) =>
-    v1
-      ? sh('docker-compose', ['--compatibility', '-p', PROJECT, '-f', join(ROOT, 'docker-compose.yml'), ...args], { env, timeoutMs })
-      : sh('docker', ['compose', '-p', PROJECT, '-f', join(ROOT, 'docker-compose.yml'), ...args], { env, timeoutMs })
+  })
+  const { compose, containers, inspect, health, v1 } = project
   const http = `http://127.0.0.1:${lbPort}`
   const ws = `ws://127.0.0.1:${lbPort}/guest`
-  const clients: TestClient[] = []
   const open = async (query = ''): Promise<TestClient> => {
     const client = new TestClient(new WebSocket(ws + query))
     clients.push(client)
@@ -77,51 +38,11 @@ t.test('the compose topology in containers', { skip: reason ?? false }, async (t
     return client
   }
 
-  t.teardown(async () => {
-    for (const client of clients) client.socket.terminate()
-    if (!t.passing()) {
-      const logs = await compose(['logs', '--no-color', '--tail', '30'], 60_000).catch((err) => ({ stdout: err.message }))
-      console.error(`# compose logs of ${PROJECT} (a check failed):\n${logs.stdout}`)
-    }
-    await compose(['down', '-v', '--remove-orphans', '-t', '5'], 120_000).catch((err) => console.error(err.message))
-    // Whatever down missed (a half-created project), by the project's label.
-    for (const [kind, rm] of [['ps -aq', 'rm -fv'], ['network ls -q', 'network rm'], ['volume ls -q', 'volume rm -f']]) {
-      const { stdout } = await sh('docker', [...kind.split(' '), '--filter', `label=${LABEL}`]).catch(() => ({ stdout: '' }))
-      const ids = stdout.split('\n').filter(Boolean)
-      if (ids.length > 0) await sh('docker', [...rm.split(' '), ...ids]).catch((err) => console.error(err.message))
-    }
-  })
-
-  const bases = await sh(join(ROOT, 'deploy/standin/build-bases.sh'), [], { timeoutMs: 15 * 60_000 })
-  t.comment(`base images: ${bases.stdout.trim()} (${bases.ms} ms)`)
-  // The legacy builder on the host's network: only it reaches npm's registry from a build here.
-  const image = await sh('docker', ['build', '--network', 'host', '-t', IMAGE, '.'], {
-    env: { ...process.env, DOCKER_BUILDKIT: '0' },
-    timeoutMs: 15 * 60_000
-  })
-  t.comment(`docker build of the app image: ${image.ms} ms`)
+  await buildImages(t, IMAGE)
   const up = await compose(['up', '-d', '--no-build'], 240_000)
   t.comment(`${v1 ? 'docker-compose (v1) --compatibility' : 'docker compose (v2)'} up -d: ${up.ms} ms`)
 
-  const containers = async (service: string): Promise<string[]> => {
-    const { stdout } = await sh('docker', ['ps', '-q', '--filter', `label=${LABEL}`, '--filter', `label=com.docker.compose.service=${service}`])
-    return stdout.split('\n').filter(Boolean).sort()
-  }
-  const inspect = async (id: string): Promise<Inspected> => JSON.parse((await sh('docker', ['inspect', id])).stdout)[0]
-  const health = async (id: string): Promise<string> => (await inspect(id)).State.Health?.Status ?? 'none'
-  /** The app containers, once there are `n` and every one is healthy. */
-  const healthyApps = async (n: number, timeoutMs = 180_000): Promise<string[]> => {
-    let seen = ''
-    const found = await waitFor(async () => {
-      const ids = await containers('app')
-      const states = await Promise.all(ids.map(health))
-      seen = states.join(', ')
-      return ids.length === n && states.every((s) => s === 'healthy') && ids
-    }, timeoutMs, `${n} healthy app containers`).catch((err) => {
-      throw new Error(`${err.message}; app containers: ${seen || 'none'}`)
-    })
-    return found as string[]
-  }
+  const healthyApps = (n: number) => project.healthy('app', n)
   /** Open WebSockets per app container, read from each replica's own /metrics inside it. */
   const connectionsPer = async (ids: string[]): Promise<number[]> => Promise.all(ids.map(async (id) => {
     const { stdout } = await sh('docker', ['exec', id, 'node', '-e',
@@ -305,11 +226,6 @@ t.test('the compose topology in containers', { skip: reason ?? false }, async (t
   await t.test('`down -v` leaves no container, network or volume of the project', async (t) => {
     const down = await compose(['down', '-v', '-t', '20'], 180_000)
     t.comment(`down -v: ${down.ms} ms`)
-    for (const kind of ['ps -aq', 'network ls -q', 'volume ls -q']) {
-      const { stdout } = await sh('docker', [...kind.split(' '), '--filter', `label=${LABEL}`])
-      t.equal(stdout.trim(), '', `docker ${kind}: nothing of ${PROJECT}`)
-    }
-    const { stdout } = await sh('docker', ['volume', 'ls', '-q', '--filter', `name=${PROJECT}_`])
-    t.equal(stdout.trim(), '', 'no volume by name either')
+    t.same(await project.leftovers(), [], `no container, network or volume of ${project.name}, by label or by name`)
   })
 })
