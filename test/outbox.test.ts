@@ -30,7 +30,10 @@ t.test('beyond OUTBOX_SIZE the oldest events are dropped; the newest arrive in o
   await worker.kill('SIGTERM')
   const entries = await streamEntries(redis.url)
   const published = entries.map((e) => JSON.parse(e.body) as { ts: number })
-  t.ok(published[0].ts > firstDropAt, 'the events kept are newer than the first drop: the oldest went')
+  // A batch on its way when Redis went away is never dropped (ioredis re-sends it, and the script
+  // answers it once): at most one batch (OUTBOX_SIZE here) may be older than the first drop.
+  const older = published.filter((e) => e.ts <= firstDropAt).length
+  t.ok(older <= 20 && published.length > older, `the events kept are newer than the first drop but for the batch in flight (${older} of ${published.length}): the oldest went`)
   t.same(published.map((e) => e.ts), [...published.map((e) => e.ts)].sort((a, b) => a - b), 'published in the order they were made')
   t.same(entries.map((e) => e.seq), entries.map((_, i) => i + 1), 'one contiguous sequence')
 })
