@@ -1,0 +1,48 @@
+// Issue 9 / 14: what the README claims of repair, with a real redis-server, worker and replica:
+// a subscriber cut off longer than the history covers repairs what is left and tells its fanout.v1
+// clients exactly how many events were lost (counted as repairLost); a resume while the history
+// cannot be read is closed with 1013.
+import t from 'tap'
+import { compareIds } from '../lib/event.js'
+import { connect, httpStatus, metricValue, startRedis, startServer, startWorker, waitFor } from './helper.js'
+
+t.test('a subscriber cut off past the history: repaired, and the loss told and counted', async (t) => {
+  const redis = await startRedis(t)
+  // MAXLEN ~ trims whole nodes of 100 entries: a small history with a fast worker outruns it.
+  const server = await startServer(t, { REDIS_URL: redis.url, CANARY_INTERVAL_MS: '200' })
+  await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 200, 30_000, 'ready')
+  const client = await connect(t, `${server.ws}/guest`, { protocols: ['fanout.v1'] })
+  const worker = startWorker(t, { REDIS_URL: redis.url, HISTORY_SIZE: '5', GUEST_MIN_DELAY_MS: '0', GUEST_MAX_DELAY_MS: '0', LOG_LEVEL: 'debug' })
+  await client.until((c) => c.events().length >= 50, 20_000, '50 events')
+  // The replica reconnects after its backoff (50 ms at least); meanwhile hold its new
+  // subscription back by killing it again, so the worker runs far past the history.
+  for (let i = 0; i < 20; i++) {
+    await redis.cli('CLIENT', 'KILL', 'TYPE', 'pubsub')
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  await client.until((c) => c.json('gap').length > 0, 20_000, 'a gap notice')
+  const [gap] = client.json('gap')
+  t.match(gap, { type: 'gap', reason: 'trimmed' }, 'told: trimmed')
+  t.ok(Number(gap.lost) > 0, `told how many: ${gap.lost}`)
+  const ids = client.events().map((e) => e.id)
+  t.ok(ids.every((id, i) => i === 0 || compareIds(id, ids[i - 1]) > 0), 'no duplicate, in order')
+  await worker.kill('SIGTERM')
+  const got = new Set(ids)
+  const confirmed = worker.logs().filter((l) => l.msg === 'published').map((l) => String(l.id))
+  const missing = confirmed.filter((id) => compareIds(id, ids[0]) > 0 && compareIds(id, ids[ids.length - 1]) < 0 && !got.has(id))
+  await client.until((c) => c.json('gap').reduce((sum, g) => sum + Number(g.lost), 0) >= missing.length, 5000, 'every gap notice').catch(() => {})
+  t.equal(client.json('gap').reduce((sum, g) => sum + Number(g.lost), 0), missing.length, `the notices add up to exactly the ${missing.length} events the client missed`)
+  t.ok(Number(await metricValue(server.url, 'fanout_broker_stat{name="repairLost"}')) >= Number(gap.lost), 'counted in repairLost')
+  t.ok(Number(await metricValue(server.url, 'fanout_broker_stat{name="repairs"}')) > 0, 'a repair ran')
+  t.ok(server.logs().some((l) => /events were lost before this replica could deliver them/.test(String(l.msg))), 'and logged')
+})
+
+t.test('a resume while the history cannot be read: closed with 1013', async (t) => {
+  const redis = await startRedis(t)
+  const server = await startServer(t, { REDIS_URL: redis.url, CANARY_INTERVAL_MS: '200' })
+  await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 200, 30_000, 'ready')
+  await redis.stop()
+  const client = await connect(t, `${server.ws}/guest?since=1764082000000-0`, { protocols: ['fanout.v1'] })
+  const closed = await client.closed
+  t.same(closed, { code: 1013, reason: 'history unavailable' }, 'try again later')
+})
