@@ -58,6 +58,26 @@ t.test('the publish script: ids never go back or repeat when the keys vanish wit
   t.same((await streamEntries(redis.url)).map((e) => [e.seq, e.epoch]), [[1, 'eLast']], 'a reset history starts a new epoch at seq 1')
 })
 
+t.test('the publish script: keys evicted between two calls of one pipelined batch never repeat an id', async (t) => {
+  const redis = await startRedis(t)
+  const client = await scriptClient(t, redis.url)
+  for (let round = 0; round < 50; round++) {
+    // As allkeys-lru may do between two commands of one pipeline: the floor both carry is stale.
+    const pipeline = client.pipeline() as unknown as { fanoutPublish (...args: Array<string | number>): unknown, del (...keys: string[]): unknown, exec (): Promise<Array<[Error | null, string]>> }
+    const call = (counter: number) => pipeline.fanoutPublish(keys.events, keys.meta, keys.publisher(`r${round}`), keys.lease,
+      JSON.stringify({ type: 'guest', n: counter }), 1000, keys.channel, 'PUBLISH', counter, '0-0', `e${round}-${counter}`, '', 5000, counter)
+    call(1)
+    pipeline.del(keys.events, keys.meta, keys.publisher(`r${round}`))
+    call(2)
+    const [[, first], , [, second]] = await pipeline.exec()
+    if (compareIds(second, first) <= 0) {
+      t.fail(`round ${round}: ${second} does not follow ${first}`)
+      return
+    }
+  }
+  t.pass('50 rounds: the second id always above the first')
+})
+
 t.test('the publish script: a history behind the publisher\'s floor (lost writes) starts a new epoch', async (t) => {
   const redis = await startRedis(t)
   const client = await scriptClient(t, redis.url)

@@ -89,8 +89,12 @@ end
 seq = seq + 1
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- The id's sequence part is the microsecond within the millisecond (or one more than the last):
+-- every script takes longer than a microsecond, so even when every key vanished between two calls
+-- of one pipelined batch (eviction), the second id is above the first.
+local micros = tonumber(time[2]) % 1000
 local id
-if now > lastMs then id = string.format('%d-0', now) else id = string.format('%d-%d', lastMs, lastSeq + 1) end
+if now > lastMs then id = string.format('%d-%d', now, micros) else id = string.format('%d-%d', lastMs, math.max(lastSeq + 1, micros)) end
 local ok, added = pcall(redis.call, 'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'seq', seq, 'epoch', epoch, 'body', ARGV[1])
 if not ok then
   -- The stream outlived its meta and already holds a higher id: let Redis pick the next one.
