@@ -4,7 +4,7 @@ import { Agent, request } from 'node:http'
 import { Emitter } from '@socket.io/redis-emitter'
 import { Redis } from 'ioredis'
 import { nowMs, serve, sleep } from './common.js'
-import { channelOf, eventBody, FANOUT_PREFIX, type SystemName } from './systems.js'
+import { channelOf, eventBody, FANOUT_PREFIX, isFanout, type SystemName } from './systems.js'
 
 const system = process.env.BENCH_SYSTEM as SystemName
 const redisUrl = process.env.REDIS_URL as string
@@ -19,13 +19,14 @@ interface FanoutBroker {
 type Publish = (body: Body) => Promise<unknown>
 
 async function publisherFor (name: SystemName): Promise<Publish> {
-  if (name === 'fanout') {
+  if (isFanout(name)) {
     // Loaded at run time from dist/ so this build does not compile (and rewrite) the product.
     const { RedisBroker } = await import(new URL('../lib/redis/broker.js', import.meta.url).href) as { RedisBroker: new (options: Record<string, unknown>) => FanoutBroker }
     const { SETTINGS } = await import(new URL('../lib/config.js', import.meta.url).href) as { SETTINGS: Record<string, { schema: { default?: number } }> }
-    // The product's own broker, with the product's defaults.
+    const { redisTarget } = await import(new URL('../lib/redis/connection.js', import.meta.url).href) as { redisTarget: (settings: Record<string, string | undefined>) => unknown }
+    // The product's own broker, with the product's defaults, on one Redis or on the Cluster.
     const broker = new RedisBroker({
-      target: { url: redisUrl },
+      target: name === 'fanout' ? { url: redisUrl } : redisTarget({ clusterNodes: process.env.REDIS_CLUSTER_NODES }),
       prefix: FANOUT_PREFIX,
       historySize: SETTINGS.historySize.schema.default,
       outboxSize: SETTINGS.outboxSize.schema.default,

@@ -195,6 +195,21 @@ export function markdown (results: Results): string {
       '|---|---|---:|---:|---:|---:|---:|', ...ratioRows, '')
   }
 
+  const clusterRows = results.scenarios.flatMap((s) => {
+    const single = find(rows, s.name, 'fanout')
+    const cluster = find(rows, s.name, 'fanout-cluster')
+    if (!single || !cluster) return []
+    return [`| ${s.name} | ${fixed(cluster.deliveriesPerSec / single.deliveriesPerSec, 2)} | ${fixed(cluster.cpuUsPerDelivery / single.cpuUsPerDelivery, 2)} | ` +
+      `${fixed(cluster.p50Ms / single.p50Ms, 2)} | ${fixed(cluster.p99Ms / single.p99Ms, 2)} |`]
+  })
+  if (clusterRows.length > 0) {
+    lines.push('## fastify-fanout on a 3-primary Redis Cluster ÷ on one Redis (same run)', '',
+      'The same product, replica count, clients and schedule; only the Redis topology differs (ioredis Cluster, ' +
+      'SSUBSCRIBE/SPUBLISH on the shard that owns the deployment\'s hash tag). Above 1 is what the Cluster costs: ' +
+      'CPU/delivery is the replicas\' own, not the Redis servers\'.', '',
+      '| scenario | deliveries/s | CPU/delivery | p50 | p99 |', '|---|---:|---:|---:|---:|', ...clusterRows, '')
+  }
+
   if (results.storms.length > 0) {
     const s = results.storms[0]
     lines.push(`## storm: ${s.clients.toLocaleString('en-US')} clients over ${s.replicas} replicas, ${s.rate} events/s; one replica SIGKILLed, ` +

@@ -1,5 +1,5 @@
 // `npm run bench`: fastify-fanout against the bare-ws floor, Nchan, Socket.IO and naive ws, in one
-// run, on one private redis-server. Every server replica, load client and publisher is its own process.
+// run, on one private redis-server; and fastify-fanout on a private 3-primary Redis Cluster. Every server replica, load client and publisher is its own process.
 // Options (flag or environment): see `usage` below; README "Performance" has what the numbers mean.
 import { fork, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
@@ -13,7 +13,7 @@ import { cpuSeconds, histogram, machineTicks, merge, nowMs, quantile, rssBytes, 
 import { monotonicUs, profileMarkdown, summarise, type ProfileSummary, type Window as ProfileWindow } from './profile.js'
 import { markdown, median, type Results, type RoundFigures, type Row, type StormResult } from './report.js'
 import { nchanAvailable, nchanConfig, NCHAN_REDIS_CHANNEL } from './nchan.js'
-import { channelOf, clientUrl, FANOUT_PREFIX, LABELS, NCHAN_PUBLISH_PATH, SYSTEMS, type SystemName } from './systems.js'
+import { channelOf, clientUrl, FANOUT_PREFIX, isFanout, LABELS, NCHAN_PUBLISH_PATH, SYSTEMS, type SystemName } from './systems.js'
 
 const usage = `
 npm run bench [-- options]            (each option also reads BENCH_<NAME>, e.g. BENCH_SCALE=0.1)
@@ -75,6 +75,8 @@ function listOption<T extends string> (name: string, all: readonly T[]): T[] {
 const SCENARIOS = ['steady', 'burst', 'latency', 'scale', 'storm'] as const
 /** The reconnect storm needs resume: fastify-fanout, and the floor as the bare-reconnect baseline. */
 const STORM_SYSTEMS: SystemName[] = ['fanout', 'floor']
+/** The Cluster row answers one question, what a Cluster costs against one Redis: steady only. */
+const CLUSTER_SCENARIOS: ScenarioName[] = ['steady']
 type ScenarioName = typeof SCENARIOS[number]
 
 interface Scenario {
@@ -266,13 +268,53 @@ async function startRedis (): Promise<{ url: string, client: Redis, proc: ChildP
   return { url, client: new Redis(url), proc }
 }
 
+/**
+ * Three cluster-enabled redis-servers made one Cluster with `redis-cli --cluster create`, no
+ * replicas: fastify-fanout's keys and channel share a hash tag, so one primary serves them and the
+ * other two are what a deployment's Cluster has besides. Bus ports come from freePort too.
+ */
+async function startCluster (): Promise<{ nodes: string, procs: ChildProcess[] }> {
+  const ports: number[] = []
+  const procs: ChildProcess[] = []
+  for (let i = 0; i < 3; i++) {
+    const [port, busPort] = [await freePort(), await freePort()]
+    const dir = tempDir('bench-cluster-')
+    procs.push(track(spawn('redis-server', ['--port', String(port), '--cluster-port', String(busPort), '--bind', '127.0.0.1', '--dir', dir,
+      '--save', '', '--appendonly', 'no', '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf'], { stdio: 'ignore' }), `cluster node ${i + 1}`))
+    ports.push(port)
+  }
+  for (const port of ports) await waitFor(`cluster node on port ${port}`, () => accepts(port))
+  const nodes = ports.map((port) => `127.0.0.1:${port}`)
+  const create = track(spawn('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] }), 'redis-cli --cluster create')
+  stopping.add(create)
+  let output = ''
+  create.stdout?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  create.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const code = await new Promise<number | null>((resolve) => create.once('exit', resolve))
+  if (code !== 0) throw new Error(`redis-cli --cluster create exited ${code}: ${output}`)
+  await waitFor('the cluster to be ok on every node', async () => {
+    const states = await Promise.all(ports.map(async (port) => {
+      const node = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0 })
+      try {
+        return /cluster_state:ok/.test(await node.cluster('INFO'))
+      } catch {
+        return false
+      } finally {
+        node.disconnect()
+      }
+    }))
+    return states.every(Boolean)
+  })
+  return { nodes: nodes.join(','), procs }
+}
+
 function replicaCommand (system: SystemName, uploadDir: string, port: number, redisUrl: string): { command: string, args: string[], env: Record<string, string> } {
   if (system === 'nchan') {
     const { nginx } = nchanAvailable() as { nginx: string }
     return { command: nginx, args: nchanConfig(tempDir('bench-nchan-'), port, redisUrl, SOCKETS_PER_PROCESS), env: {} }
   }
   const profile = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, system)}`] : []
-  if (system === 'fanout') {
+  if (isFanout(system)) {
     return {
       command: process.execPath,
       args: [...profile, join(DIST, 'server.js')],
@@ -295,7 +337,7 @@ function replicaCommand (system: SystemName, uploadDir: string, port: number, re
 }
 
 /** How many replicas Redis sees subscribed: a baseline's replica is not ready before that. */
-async function subscribers (redis: Redis, system: Exclude<SystemName, 'fanout'>): Promise<number> {
+async function subscribers (redis: Redis, system: Exclude<SystemName, 'fanout' | 'fanout-cluster'>): Promise<number> {
   // Nchan subscribes a replica only once it has a subscriber of its own (see setUp). The
   // Socket.IO adapter PSUBSCRIBEs its broadcast pattern just before it SUBSCRIBEs its channel.
   const channel = system === 'nchan' ? NCHAN_REDIS_CHANNEL : system === 'socketio' ? 'socket.io-request#/#' : channelOf(system)
@@ -313,7 +355,7 @@ async function ready (port: number): Promise<boolean> {
 }
 
 async function waitSubscribed (system: SystemName, ports: number[], before: number, expected: number): Promise<void> {
-  if (system === 'fanout') {
+  if (isFanout(system)) {
     for (const port of ports) await waitFor(`fanout replica on port ${port} to be ready`, () => ready(port))
   } else {
     await waitFor(`${system} replicas to subscribe`, async () => (await subscribers(redis.client, system)) >= before + expected)
@@ -324,7 +366,7 @@ async function startReplicas (system: SystemName): Promise<Replicas> {
   const uploadDir = tempDir('bench-uploads-')
   const ports: number[] = []
   const procs: ChildProcess[] = []
-  const before = system === 'fanout' ? 0 : await subscribers(redis.client, system)
+  const before = isFanout(system) ? 0 : await subscribers(redis.client, system)
   const helpers: ChildProcess[] = []
   let publishUrl: string | undefined
   if (system === 'nchan') {
@@ -339,7 +381,7 @@ async function startReplicas (system: SystemName): Promise<Replicas> {
     const { command, args, env } = replicaCommand(system, uploadDir, port, redis.url)
     const child = spawn(command, args, {
       cwd: ROOT,
-      env: { ...process.env, ...env, PORT: String(port), REDIS_URL: redis.url },
+      env: { ...process.env, ...env, PORT: String(port), ...redisEnv(system) },
       stdio: ['ignore', 'inherit', 'inherit']
     })
     track(child, `${system} replica ${i + 1}`)
@@ -425,7 +467,7 @@ async function setUp (system: SystemName, replicas: Replicas, clients: number): 
   const { workers, connected, seconds } = await startClients(system, replicas, clients)
   if (system === 'nchan') await waitSubscribed(system, replicas.ports, 0, Math.min(replicaCount, connected))
   const publisher = await Worker.fork('publisher.js', `${system} publisher`,
-    { BENCH_SYSTEM: system, REDIS_URL: redisUrl, ...replicas.publishUrl ? { BENCH_PUBLISH_URL: replicas.publishUrl } : {} })
+    { BENCH_SYSTEM: system, ...redisEnv(system), ...replicas.publishUrl ? { BENCH_PUBLISH_URL: replicas.publishUrl } : {} })
   return { system, replicas, workers, connected, publisher, connectSeconds: seconds }
 }
 
@@ -557,7 +599,7 @@ async function runStorm (s: Scenario, replicas: Replicas): Promise<StormResult> 
   const onVictim = Math.round(s.clients / replicas.ports.length)
   const procs = Math.max(clientProcs, Math.ceil(s.clients / SOCKETS_PER_PROCESS))
   const workers = await Promise.all(Array.from({ length: procs }, (_, i) => Worker.fork('client.js', `storm client ${i + 1}`)))
-  const publisher = await Worker.fork('publisher.js', `${replicas.system} storm publisher`, { BENCH_SYSTEM: replicas.system, REDIS_URL: redisUrl })
+  const publisher = await Worker.fork('publisher.js', `${replicas.system} storm publisher`, { BENCH_SYSTEM: replicas.system, ...redisEnv(replicas.system) })
   const rss = (procs: ChildProcess[]): number[] => procs.map((p) => rssBytes(p.pid as number))
   const share = (total: number, i: number): number => Math.floor(total / procs) + (i < total % procs ? 1 : 0)
   try {
@@ -569,7 +611,7 @@ async function runStorm (s: Scenario, replicas: Replicas): Promise<StormResult> 
     const publishing = publisher.call('publish', { count: 1e9, rate: s.rate, numbered: true })
     await waitFor('every storm client to get an event', async () =>
       (await Promise.all(workers.map((w) => w.call<{ withId: number, clients: number }>('storm-stats'))))
-        .every((st) => st.withId === st.clients || replicas.system !== 'fanout'), 30_000)
+        .every((st) => st.withId === st.clients || !isFanout(replicas.system)), 30_000)
     await sleep(settleMs)
     const before = rss(survivors)
     const killedAt = nowMs()
@@ -651,7 +693,18 @@ function commandLine (): string {
 
 if (profileDir) mkdirSync(profileDir, { recursive: true })
 const redis = await startRedis()
-const redisUrl = redis.url
+const cluster = systems.includes('fanout-cluster') && scenarioNames.some((name) => CLUSTER_SCENARIOS.includes(name)) ? await startCluster() : undefined
+
+/** Where a system's replicas and publisher find Redis: the Cluster row its Cluster, the rest the one server. */
+function redisEnv (system: SystemName): Record<string, string> {
+  if (system !== 'fanout-cluster') return { REDIS_URL: redis.url }
+  if (cluster === undefined) throw new Error('the Cluster was not started')
+  return { REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.nodes }
+}
+/** The systems a scenario measures: every one selected, but the Cluster row only in CLUSTER_SCENARIOS. */
+function measuredIn (name: ScenarioName): SystemName[] {
+  return systems.filter((system) => system !== 'fanout-cluster' || CLUSTER_SCENARIOS.includes(name))
+}
 const startedAt = new Date()
 const rows: Row[] = []
 const errors: string[] = []
@@ -660,11 +713,12 @@ const storms: StormResult[] = []
 
 if (loadScenarios.length > 0) {
   const running: Replicas[] = []
-  for (const system of systems) running.push(await startReplicas(system))
+  for (const system of new Set(loadScenarios.flatMap(measuredIn))) running.push(await startReplicas(system))
   for (const name of loadScenarios) {
-    console.error(`[bench] ${name}: ${scenarios[name].clients} clients per system, ${systems.join(', ')} taking turns`)
+    const taking = running.filter((replicas) => measuredIn(name).includes(replicas.system))
+    console.error(`[bench] ${name}: ${scenarios[name].clients} clients per system, ${taking.map((r) => r.system).join(', ')} taking turns`)
     try {
-      rows.push(...await runLoad(scenarios[name], running))
+      rows.push(...await runLoad(scenarios[name], taking))
     } catch (err) {
       errors.push(`${name}: ${(err as Error).message}`)
     }
@@ -672,7 +726,7 @@ if (loadScenarios.length > 0) {
   await Promise.all(running.map(stopReplicas))
 }
 if (scenarioNames.includes('scale')) {
-  for (const system of systems) {
+  for (const system of measuredIn('scale')) {
     // One system at a time (the descriptor cap is per process, memory is not), on fresh
     // replicas, so "RSS with no connection" is not swollen by the earlier scenarios.
     console.error(`[bench] scale: ${system}, ${scenarios.scale.clients} clients`)
@@ -698,7 +752,7 @@ if (scenarioNames.includes('storm')) {
   }
 }
 redis.client.disconnect()
-await stop(redis.proc)
+await Promise.all([redis.proc, ...cluster?.procs ?? []].map((proc) => stop(proc)))
 
 const profiles: Partial<Record<SystemName, ProfileSummary>> = {}
 if (profileDir) {
