@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { cpuSeconds, histogram, machineTicks, merge, nowMs, quantile, rssBytes, sleep, type Reply } from './common.js'
 import { monotonicUs, profileMarkdown, summarise, type ProfileSummary, type Window as ProfileWindow } from './profile.js'
+import { chartSvg } from './chart.js'
 import { markdown, median, type Results, type RoundFigures, type Row, type StormResult } from './report.js'
 import { nchanAvailable, nchanConfig, NCHAN_REDIS_CHANNEL } from './nchan.js'
 import { channelOf, clientUrl, FANOUT_PREFIX, isFanout, LABELS, NCHAN_PUBLISH_PATH, SYSTEMS, type SystemName } from './systems.js'
@@ -782,5 +783,6 @@ console.log(report)
 mkdirSync(outDir, { recursive: true })
 writeFileSync(join(outDir, 'latest.json'), JSON.stringify({ ...results, profiles }, null, 2) + '\n')
 writeFileSync(join(outDir, 'latest.md'), report + '\n')
-console.error(`[bench] wrote ${join(outDir, 'latest.json')} and latest.md`)
+writeFileSync(join(outDir, 'latest.svg'), chartSvg(results))
+console.error(`[bench] wrote ${join(outDir, 'latest.json')}, latest.md and latest.svg`)
 process.exitCode = errors.length > 0 ? 1 : 0

@@ -60,6 +60,13 @@ t.test('npm run bench at a tiny scale measures every system this machine can run
   const expectedRows = SCENARIOS.flatMap((scenario) => results.systems
     .filter((system) => system !== 'fanout-cluster' || scenario === 'steady').map((system) => `${scenario} ${system}`))
   t.same(results.rows.map((row) => `${row.scenario} ${row.system}`).sort(), expectedRows.sort(), 'one row per system and scenario, the Cluster in steady only')
+  // The chart: a bar per system in each panel (steady CPU and p99, burst deliveries/s, scale
+  // RSS per connection where it came out positive at this tiny scale).
+  const svg = readFileSync(join(out, 'latest.svg'), 'utf8')
+  const inScenario = (scenario: string) => results.rows.filter((row) => row.scenario === scenario)
+  const bars = 2 * inScenario('steady').length + inScenario('burst').length + inScenario('scale').filter((row) => (row.rssPerConnKB ?? 0) > 0).length
+  t.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/, 'latest.svg is an SVG')
+  t.equal(svg.match(/<rect x=/g)?.length, bars, 'latest.svg has a bar per system in each panel')
   t.match(markdown, /## fastify-fanout on a 3-primary Redis Cluster ÷ on one Redis \(same run\)\n[^#]*\| steady \| \d/, 'the Cluster ratio is reported')
   for (const row of results.rows) {
     const name = `${row.scenario} ${row.system}`
