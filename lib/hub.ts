@@ -49,9 +49,11 @@ const HEARTBEAT_SLICES = 10
 
 /** One connected client, as the hub sees it. */
 export class Client {
-  /** Live events held back while this client's replay is read from history. */
-  held: BrokerEvent[] | undefined
+  /** Live events (and gaps among them) held back while this client's replay is read from history. */
+  held: Array<BrokerEvent | Gap> | undefined
   heldBytes = 0
+  /** While a replay is written: the last event it wrote, to tell the client exactly what a gap took. */
+  replayedLast: BrokerEvent | undefined
   /** Waiting for a replay slot: live events are skipped, the replay will read them from history. */
   queued = false
   alive = true
@@ -266,14 +268,35 @@ export class Hub {
 
   /**
    * Events the broker could not deliver and no history holds: each `fanout.v1` client connected
-   * now is told, in order with the events. Clients in the middle of a replay learn it from the
-   * replay's own `lost`.
+   * now is told, in order with the events. A client in the middle of a replay holds the gap in
+   * its place among the live events, and learns after its history what it missed (#tellHeldGap);
+   * one waiting for a replay slot learns it from its replay's own `lost`.
    */
   deliverGap (gap: Gap): void {
     const message = { type: 'gap', after: gap.after ?? null, lost: gap.lost, reason: gap.reason } as const
     for (const client of this.#subscribers) {
-      if (client.control && !client.queued && !client.held) this.sendJson(client, message)
+      if (!client.control || client.queued) continue
+      if (client.held) client.held.push(gap)
+      else this.sendJson(client, message)
     }
+  }
+
+  /**
+   * A gap among a resuming client's held events, told once the events before it are written.
+   * Its history may have covered the gap, wholly or in part: what the client missed runs from
+   * the last event it was written to the first held event after the gap.
+   */
+  #tellHeldGap (client: Client, gap: Gap, next: BrokerEvent | undefined): void {
+    const last = client.replayedLast
+    if (next !== undefined && client.hasSeen(next.id)) return // its history went past the gap
+    if (gap.reason === 'trimmed' && next?.seq !== undefined && last?.seq !== undefined && next.epoch === last.epoch) {
+      const lost = next.seq - last.seq - 1
+      if (lost > 0) this.sendJson(client, { type: 'gap', after: last.id, lost, reason: gap.reason })
+      return
+    }
+    // Where the counts cannot tell: from the gap's own place if the client is not past it.
+    const behind = last === undefined || gap.after === undefined || compareIds(last.id, gap.after) <= 0
+    this.sendJson(client, { type: 'gap', after: behind ? gap.after ?? null : last.id, lost: behind ? gap.lost : null, reason: gap.reason })
   }
 
   /**
@@ -299,6 +322,7 @@ export class Hub {
         }
       } catch (err) {
         client.held = undefined
+        client.replayedLast = undefined
         client.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
         throw err
       }
@@ -316,6 +340,7 @@ export class Hub {
         await this.#replay(client, held)
       }
       client.held = undefined
+      client.replayedLast = undefined
       // The slot is free once the replay has left this process, not merely been queued: a storm
       // of slow readers would otherwise hold every replay in memory at once. A reader that
       // stalls gives it up after a while (and meets the slow-consumer cap like anyone else).
@@ -351,17 +376,24 @@ export class Hub {
    * blocks of frames: one write per block, not per event, so thousands of resuming clients make
    * a few objects each, not one per event.
    */
-  async #replay (client: Client, events: BrokerEvent[], fromHistory = false): Promise<number> {
+  async #replay (client: Client, events: Array<BrokerEvent | Gap>, fromHistory = false): Promise<number> {
     let written = 0
     for (let i = 0; i < events.length && client.open;) {
-      if (client.hasSeen(events[i].id)) {
+      const item = events[i]
+      if (isGap(item)) {
+        this.#tellHeldGap(client, item, events.slice(i + 1).find((e): e is BrokerEvent => !isGap(e)))
         i++
         continue
       }
-      const block = fromHistory ? this.#blockAt(client, events, i) : undefined
+      if (client.hasSeen(item.id)) {
+        i++
+        continue
+      }
+      const block = fromHistory ? this.#blockAt(client, events as BrokerEvent[], i) : undefined
       const count = block?.count ?? 1
-      if (this.#write(client, block?.frames ?? client.frame(events[i]))) {
-        client.lastId = events[i + count - 1].id
+      if (this.#write(client, block?.frames ?? client.frame(item))) {
+        client.replayedLast = events[i + count - 1] as BrokerEvent
+        client.lastId = client.replayedLast.id
         written += count
       }
       i += count
@@ -483,6 +515,10 @@ export class Hub {
     clearInterval(this.#heartbeat)
     for (const client of this.clients) client.terminate()
   }
+}
+
+function isGap (item: BrokerEvent | Gap): item is Gap {
+  return 'reason' in item
 }
 
 /** An event's frame, built once however many clients it is written to (live, held or replayed). */

@@ -116,3 +116,82 @@ t.test('the heartbeat pings a tenth of the clients per tick, each once per heart
   t.ok(Date.now() - started < HEARTBEAT_MS + 500, 'every client within one heartbeat')
   t.ok(pings.every((n) => n === 1), `once each: ${pings.join(',')}`)
 })
+
+/** Events `from`..`to` of one epoch, with the seq the broker gives them (seq n has id `n-0`). */
+function sequence (from: number, to: number): BrokerEvent[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => {
+    const id = `${from + i}-0`
+    return { id, seq: from + i, epoch: 'e1', data: Buffer.from(JSON.stringify({ id, type: 'guest' })) }
+  })
+}
+
+/**
+ * A client resuming after 1-0 whose history is `history` (its first event, then the rest as a
+ * second page); `whileHeld` runs while the replay waits for that second page, so what it delivers
+ * is held. Resolves with everything the client received once the replay is done.
+ */
+async function resumeAround (t: Tap, history: BrokerEvent[], whileHeld: (hub: Hub) => void): Promise<Array<{ id?: string, type: string, after?: string, lost?: number | null }>> {
+  const { hub, clients, received } = await setUp(t, 1)
+  let reading!: () => void
+  const secondPage = new Promise<void>((resolve) => { reading = resolve })
+  let release!: () => void
+  const released = new Promise<void>((resolve) => { release = resolve })
+  let rest = history.slice(1)
+  const resuming = hub.resume(clients[0], '1-0', async () => ({
+    first: history.slice(0, 1),
+    from: '1-0',
+    lost: false,
+    clamped: false,
+    epoch: 'e1',
+    async next () {
+      reading()
+      await released
+      const page = rest
+      rest = []
+      return page
+    }
+  }))
+  await secondPage
+  whileHeld(hub)
+  release()
+  await resuming
+  hub.deliver(sequence(20, 20)[0]) // a live event after the replay marks the end of what it sent
+  await waitFor(() => received[0].some((m) => m.includes('"20-0"')), 5000, 'the live event after the replay')
+  return received[0].map((m) => JSON.parse(m) as { id?: string, type: string })
+}
+
+const summary = (messages: Array<{ id?: string, type: string, after?: string, lost?: number | null }>): string[] =>
+  messages.map((m) => m.type === 'gap' ? `gap after ${m.after} lost ${m.lost}` : m.id ?? m.type)
+
+t.test('a gap while a client replays is told to it, counted from where its history left it', async (t) => {
+  // The replica lost 5–7; the client's history (2–3) stopped before them, so it missed all three.
+  const got = await resumeAround(t, sequence(2, 3), (hub) => {
+    const [four, , , , eight] = sequence(4, 8)
+    hub.deliver(four)
+    hub.deliverGap({ after: '4-0', lost: 3, reason: 'trimmed' })
+    hub.deliver(eight)
+  })
+  t.same(summary(got), ['2-0', '3-0', 'resume', '4-0', 'gap after 4-0 lost 3', '8-0', '20-0'])
+})
+
+t.test('a gap its history already covered is not told to a replaying client', async (t) => {
+  // The history read before the trim still held 5–7: the client has every event.
+  const got = await resumeAround(t, sequence(2, 9), (hub) => {
+    const [four, , , , eight] = sequence(4, 8)
+    hub.deliver(four)
+    hub.deliverGap({ after: '4-0', lost: 3, reason: 'trimmed' })
+    hub.deliver(eight)
+  })
+  t.same(summary(got), ['2-0', '3-0', '4-0', '5-0', '6-0', '7-0', '8-0', '9-0', 'resume', '20-0'])
+})
+
+t.test('a gap its history covered in part: the client is told what it still missed', async (t) => {
+  // The history reached 5; 6 and 7 are gone for this client.
+  const got = await resumeAround(t, sequence(2, 5), (hub) => {
+    const [four, , , , eight] = sequence(4, 8)
+    hub.deliver(four)
+    hub.deliverGap({ after: '4-0', lost: 3, reason: 'trimmed' })
+    hub.deliver(eight)
+  })
+  t.same(summary(got), ['2-0', '3-0', '4-0', '5-0', 'resume', 'gap after 5-0 lost 2', '8-0', '20-0'])
+})
