@@ -47,3 +47,33 @@ t.test('a resume while the history cannot be read: closed with 1013', async (t) 
   const closed = await client.closed
   t.same(closed, { code: 1013, reason: 'history unavailable' }, 'try again later')
 })
+
+t.test('a repair whose history reads fail while the channel still delivers: live events held at most HISTORY_SIZE, the rest read from the history', async (t) => {
+  const redis = await startRedis(t)
+  // The replica connects as its own ACL user, so its history reads can be refused while its
+  // subscription and the worker's publishes go on.
+  await redis.cli('ACL', 'SETUSER', 'replica', 'on', '>replica-secret', '~*', '&*', '+@all')
+  const server = await startServer(t, {
+    REDIS_URL: `redis://replica:replica-secret@127.0.0.1:${redis.port}`,
+    CANARY_INTERVAL_MS: '200',
+    HISTORY_SIZE: '100' // the replica's hold limit; the worker keeps a longer history
+  })
+  await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 200, 30_000, 'ready')
+  const client = await connect(t, `${server.ws}/guest`, { protocols: ['fanout.v1'] })
+  const worker = startWorker(t, { REDIS_URL: redis.url, HISTORY_SIZE: '100000', GUEST_MIN_DELAY_MS: '0', GUEST_MAX_DELAY_MS: '0', LOG_LEVEL: 'debug' })
+  await client.until((c) => c.events().length >= 20, 20_000, '20 events')
+  t.equal(await redis.cli('ACL', 'SETUSER', 'replica', '-xrange'), 'OK')
+  await redis.cli('CLIENT', 'KILL', 'TYPE', 'pubsub') // resubscribed, the replica repairs: its reads fail
+  await waitFor(() => server.logs().some((l) => /live events dropped, to be read from the history/.test(String(l.msg))), 30_000, 'the hold to overflow')
+  t.equal(await redis.cli('ACL', 'SETUSER', 'replica', '+xrange'), 'OK')
+  await worker.kill('SIGTERM')
+  const confirmed = worker.logs().filter((l) => l.msg === 'published').map((l) => String(l.id))
+  await client.until((c) => c.events().some((e) => e.id === confirmed[confirmed.length - 1]), 30_000, 'the last event')
+  const ids = client.events().map((e) => e.id)
+  t.ok(ids.every((id, i) => i === 0 || compareIds(id, ids[i - 1]) > 0), 'no duplicate, in order')
+  const got = new Set(ids)
+  const missing = confirmed.filter((id) => compareIds(id, ids[0]) > 0 && !got.has(id))
+  t.same(missing, [], `every one of the ${confirmed.length} confirmed events arrived, the dropped ones from the history`)
+  t.same(client.json('gap'), [], 'nothing was lost, so nothing told')
+  t.ok(Number(await metricValue(server.url, 'fanout_broker_stat{name="repairedEvents"}')) > 100, 'more than the hold limit came from the history')
+})

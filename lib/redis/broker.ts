@@ -95,7 +95,7 @@ export class RedisBroker implements Broker {
   }
 
   async subscribe (listener: BrokerListener, onGap: (gap: Gap) => void = () => {}): Promise<void> {
-    const subscription = new Subscription(() => this.#cmd, this.keys, listener, onGap, this.#counters, this.#log)
+    const subscription = new Subscription(() => this.#cmd, this.keys, listener, onGap, this.#counters, this.#log, this.#options.historySize)
     this.#subscription = subscription
     const canaryChannel = this.keys.canary(randomUUID())
     const sub = this.#cluster

@@ -21,7 +21,11 @@ interface Position { epoch: string | undefined, lastId: string, lastSeq: number 
  */
 export class Subscription {
   #position: Position | undefined
-  /** Live events held while the history is read: delivering them first would skip the gap. */
+  /**
+   * Live events held while the history is read: delivering them first would skip the gap. At
+   * most `maxHeld` (the history's size): the history holds whatever it held beyond that, so a
+   * repair whose reads keep failing while the channel still delivers drops them and reads again.
+   */
   #held: Entry[] | undefined = []
   #repairing = false
   #again = false
@@ -35,7 +39,8 @@ export class Subscription {
     private readonly listener: BrokerListener,
     private readonly onGap: (gap: Gap) => void,
     private readonly counters: RedisCounters,
-    private readonly log: BrokerLog
+    private readonly log: BrokerLog,
+    private readonly maxHeld: number
   ) {}
 
   /** True once the replica knows where it stands in the stream. */
@@ -49,8 +54,14 @@ export class Subscription {
     const id = idOf(data)
     const epoch = epochOf(data)
     const entry = { id, seq, epoch, event: { id, seq, epoch, data } }
-    if (this.#held) this.#held.push(entry)
-    else this.#accept(entry, true)
+    if (this.#held === undefined) {
+      this.#accept(entry, true)
+    } else if (this.#held.push(entry) > this.maxHeld) {
+      this.log.warn('held-overflow', { held: this.#held.length, from: this.#held[0].id, to: id },
+        'history unreadable for longer than its size: live events dropped, to be read from the history')
+      this.#held = []
+      this.#again = true // a read that began before these were dropped may not reach them
+    }
   }
 
   /**
