@@ -76,9 +76,12 @@ export class Client {
   pendingFrom = 0
   pendingTo = 0
   readonly raw: Socket
+  /** A WebSocket's live events leave as runs of the turn's frames (Hub.deliver); others' one by one. */
+  readonly joinsTurns: boolean
 
   constructor (readonly transport: Transport, readonly control: boolean) {
     this.raw = transport.raw
+    this.joinsTurns = transport instanceof WebSocketTransport
   }
 
   get open (): boolean { return this.transport.open }
@@ -208,7 +211,7 @@ export class Hub {
         if (client.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
       } else if (client.hasSeen(event.id)) {
         continue // replayed already
-      } else if (!(client.transport instanceof WebSocketTransport)) {
+      } else if (!client.joinsTurns) {
         // Other transports (EventSource) have bytes of their own: written as they come, corked.
         if (this.#write(client, client.frame(event))) {
           client.lastId = undefined
