@@ -2,9 +2,16 @@
 // a subscriber cut off longer than the history covers repairs what is left and tells its fanout.v1
 // clients exactly how many events were lost (counted as repairLost); a resume while the history
 // cannot be read is closed with 1013.
-import t from 'tap'
+import t, { type Test as Tap } from 'tap'
 import { compareIds } from '../lib/event.js'
 import { connect, httpStatus, metricValue, startRedis, startServer, startWorker, waitFor } from './helper.js'
+
+/** Checks `ids` (what a client got) has no duplicate and is in order; returns the confirmed ids after its first that it lacks. */
+function missedInOrder (t: Tap, confirmed: string[], ids: string[]): string[] {
+  t.ok(ids.every((id, i) => i === 0 || compareIds(id, ids[i - 1]) > 0), 'no duplicate, in order')
+  const got = new Set(ids)
+  return confirmed.filter((id) => compareIds(id, ids[0]) > 0 && !got.has(id))
+}
 
 t.test('a subscriber cut off past the history: repaired, and the loss told and counted', async (t) => {
   const redis = await startRedis(t)
@@ -27,10 +34,7 @@ t.test('a subscriber cut off past the history: repaired, and the loss told and c
   await worker.kill('SIGTERM')
   const confirmed = worker.logs().filter((l) => l.msg === 'published').map((l) => String(l.id))
   await client.until((c) => c.events().some((e) => e.id === confirmed[confirmed.length - 1]), 20_000, 'the last event')
-  const ids = client.events().map((e) => e.id)
-  t.ok(ids.every((id, i) => i === 0 || compareIds(id, ids[i - 1]) > 0), 'no duplicate, in order')
-  const got = new Set(ids)
-  const missing = confirmed.filter((id) => compareIds(id, ids[0]) > 0 && !got.has(id))
+  const missing = missedInOrder(t, confirmed, client.events().map((e) => e.id))
   const told = client.json('gap').reduce((sum, g) => sum + Number(g.lost), 0)
   t.equal(told, missing.length, `the notices add up to exactly the ${missing.length} events the client missed`)
   t.ok(Number(await metricValue(server.url, 'fanout_broker_stat{name="repairLost"}')) >= Number(gap.lost), 'counted in repairLost')
@@ -69,10 +73,7 @@ t.test('a repair whose history reads fail while the channel still delivers: live
   await worker.kill('SIGTERM')
   const confirmed = worker.logs().filter((l) => l.msg === 'published').map((l) => String(l.id))
   await client.until((c) => c.events().some((e) => e.id === confirmed[confirmed.length - 1]), 30_000, 'the last event')
-  const ids = client.events().map((e) => e.id)
-  t.ok(ids.every((id, i) => i === 0 || compareIds(id, ids[i - 1]) > 0), 'no duplicate, in order')
-  const got = new Set(ids)
-  const missing = confirmed.filter((id) => compareIds(id, ids[0]) > 0 && !got.has(id))
+  const missing = missedInOrder(t, confirmed, client.events().map((e) => e.id))
   t.same(missing, [], `every one of the ${confirmed.length} confirmed events arrived, the dropped ones from the history`)
   t.same(client.json('gap'), [], 'nothing was lost, so nothing told')
   t.ok(Number(await metricValue(server.url, 'fanout_broker_stat{name="repairedEvents"}')) > 100, 'more than the hold limit came from the history')

@@ -162,35 +162,28 @@ async function resumeAround (t: Tap, history: BrokerEvent[], whileHeld: (hub: Hu
 const summary = (messages: Array<{ id?: string, type: string, after?: string, lost?: number | null }>): string[] =>
   messages.map((m) => m.type === 'gap' ? `gap after ${m.after} lost ${m.lost}` : m.id ?? m.type)
 
+/** While the client replays, the replica delivers 4, then learns it lost 5–7 for good, then delivers 8. */
+function loseFiveToSeven (hub: Hub): void {
+  const [four, , , , eight] = sequence(4, 8)
+  hub.deliver(four)
+  hub.deliverGap({ after: '4-0', lost: 3, reason: 'trimmed' })
+  hub.deliver(eight)
+}
+
 t.test('a gap while a client replays is told to it, counted from where its history left it', async (t) => {
   // The replica lost 5–7; the client's history (2–3) stopped before them, so it missed all three.
-  const got = await resumeAround(t, sequence(2, 3), (hub) => {
-    const [four, , , , eight] = sequence(4, 8)
-    hub.deliver(four)
-    hub.deliverGap({ after: '4-0', lost: 3, reason: 'trimmed' })
-    hub.deliver(eight)
-  })
+  const got = await resumeAround(t, sequence(2, 3), loseFiveToSeven)
   t.same(summary(got), ['2-0', '3-0', 'resume', '4-0', 'gap after 4-0 lost 3', '8-0', '20-0'])
 })
 
 t.test('a gap its history already covered is not told to a replaying client', async (t) => {
   // The history read before the trim still held 5–7: the client has every event.
-  const got = await resumeAround(t, sequence(2, 9), (hub) => {
-    const [four, , , , eight] = sequence(4, 8)
-    hub.deliver(four)
-    hub.deliverGap({ after: '4-0', lost: 3, reason: 'trimmed' })
-    hub.deliver(eight)
-  })
+  const got = await resumeAround(t, sequence(2, 9), loseFiveToSeven)
   t.same(summary(got), ['2-0', '3-0', '4-0', '5-0', '6-0', '7-0', '8-0', '9-0', 'resume', '20-0'])
 })
 
 t.test('a gap its history covered in part: the client is told what it still missed', async (t) => {
   // The history reached 5; 6 and 7 are gone for this client.
-  const got = await resumeAround(t, sequence(2, 5), (hub) => {
-    const [four, , , , eight] = sequence(4, 8)
-    hub.deliver(four)
-    hub.deliverGap({ after: '4-0', lost: 3, reason: 'trimmed' })
-    hub.deliver(eight)
-  })
+  const got = await resumeAround(t, sequence(2, 5), loseFiveToSeven)
   t.same(summary(got), ['2-0', '3-0', '4-0', '5-0', 'resume', 'gap after 5-0 lost 2', '8-0', '20-0'])
 })
