@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { compareIds } from '../lib/event.js'
-import { build, connect, holds, metricValue, startRedis, startServer, startWorker, waitFor, type TestClient } from './helper.js'
+import { build, connect, holds, httpStatus, metricValue, startRedis, startServer, startWorker, waitFor, type TestClient } from './helper.js'
 import { RawClient } from './raw-ws.js'
 
 /** The resident set of a process, in bytes (/proc/<pid>/status, VmRSS). */
@@ -30,6 +30,8 @@ t.test('stalled readers are cut off while the worker pours events out; memory st
   // the whole gap. What is tested here is the hub: cut-offs, bounded memory, every event to readers.
   const history = { HISTORY_SIZE: String(EVENTS) }
   const server = await startServer(t, { REDIS_URL: redis.url, PUBLISHER: 'off', ...history })
+  // Until it has a place in the stream a replica answers /guest with 503 (README "Readiness").
+  await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 200, 30_000, 'the replica to be ready')
   const pid = server.child.pid as number
 
   const normal = await Promise.all([1, 2].map(() => connect(t, `${server.ws}/guest`)))
