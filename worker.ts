@@ -23,7 +23,9 @@ if (!usesRedis(env)) {
 }
 
 const workerId = randomUUID().slice(0, 8)
-const log = pino({ level: env.LOG_LEVEL, base: { role: 'worker', worker: workerId, pid: process.pid } })
+// Written synchronously: with pino's default asynchronous destination, a chunk still being written
+// when the process exits is lost, and what a worker confirmed must not vanish from its log.
+const log = pino({ level: env.LOG_LEVEL, base: { role: 'worker', worker: workerId, pid: process.pid } }, pino.destination({ dest: 1, sync: true }))
 const broker = createBroker({
   redisUrl: env.REDIS_URL,
   redisSentinels: env.REDIS_SENTINELS,

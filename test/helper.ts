@@ -6,6 +6,7 @@ import { connect as netConnect, createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
+import { finished } from 'node:stream/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
@@ -182,7 +183,13 @@ export function run (t: Tap, command: string, args: string[], env: Record<string
   child.stdout?.on('data', (d) => { output += d })
   child.stderr?.on('data', (d) => { output += d })
   const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('exit', (code, signal) => resolve({ code, signal }))
+    // The process can be gone while its last lines are still in the pipe: read them first (a
+    // worker's final 'published' lines are what a test compares against). At most 2 s, should
+    // a grandchild have kept the pipe open.
+    child.once('exit', (code, signal) => {
+      const drained = Promise.all([child.stdout, child.stderr].map((stream) => stream && finished(stream).catch(() => {})))
+      Promise.race([drained, sleep(2000, undefined, { ref: false })]).then(() => resolve({ code, signal }), () => {})
+    })
     // A command that cannot start (ENOENT) fails the test that needed it, not the whole file.
     child.once('error', (err) => {
       output += `cannot start ${command}: ${err.message}\n`
