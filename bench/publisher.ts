@@ -26,7 +26,7 @@ async function publisherFor (name: SystemName): Promise<Publish> {
     const { redisTarget } = await import(new URL('../lib/redis/connection.js', import.meta.url).href) as { redisTarget: (settings: Record<string, string | undefined>) => unknown }
     // The product's own broker, with the product's defaults, on one Redis or on the Cluster.
     const broker = new RedisBroker({
-      target: name === 'fanout' ? { url: redisUrl } : redisTarget({ clusterNodes: process.env.REDIS_CLUSTER_NODES }),
+      target: redisTarget({ url: redisUrl, clusterNodes: process.env.REDIS_CLUSTER_NODES }),
       prefix: FANOUT_PREFIX,
       historySize: SETTINGS.historySize.schema.default,
       outboxSize: SETTINGS.outboxSize.schema.default,

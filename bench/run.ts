@@ -1,5 +1,6 @@
 // `npm run bench`: fastify-fanout against the bare-ws floor, Nchan, Socket.IO and naive ws, in one
-// run, on one private redis-server; and fastify-fanout on a private 3-primary Redis Cluster. Every server replica, load client and publisher is its own process.
+// run, on one private redis-server; and fastify-fanout on a private 3-primary Redis Cluster. Every
+// server replica, load client and publisher is its own process.
 // Options (flag or environment): see `usage` below; README "Performance" has what the numbers mean.
 import { fork, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
