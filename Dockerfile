@@ -7,7 +7,7 @@ COPY tsconfig.json app.ts server.ts worker.ts cluster.ts ./
 COPY lib lib
 COPY plugins plugins
 COPY routes routes
-COPY tools tools
+COPY demo demo
 RUN npm run build
 
 # Runtime: production dependencies, the compiled code and the demo page; not root.
@@ -21,7 +21,7 @@ RUN npm pkg delete devDependencies.fastify \
   && npm pkg set "dependencies.fastify=$(node -p "require('./package-lock.json').packages['node_modules/fastify'].version")" \
   && npm install --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist dist
-COPY public public
+COPY demo/public demo/public
 # Owned by node, so a fresh named volume mounted here is writable by the server.
 RUN mkdir uploads && chown node:node uploads
 USER node

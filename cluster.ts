@@ -10,9 +10,9 @@ import { basename, dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { ownPath, spawnOwned } from './lib/children.js'
-import { fail } from './tools/fail.js'
-import { freePort } from './lib/free-port.js'
+import { ownPath, spawnOwned } from './test/support/children.js'
+import { fail } from './lib/fail.js'
+import { freePort } from './test/support/free-port.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 /** The package root, whether this runs as dist/cluster.js or from source. */
@@ -56,7 +56,7 @@ export async function startCluster (options: ClusterOptions = {}): Promise<Clust
   const dir = mkdtempSync(join(tmpdir(), 'fanout-cluster-'))
   const ownDir = ownPath('dir', dir)
   // Each child in its own process group, so a Ctrl-C reaches only us and we stop them in order;
-  // and whatever ends this process, SIGKILL included, no child outlives it (lib/children.ts).
+  // and whatever ends this process, SIGKILL included, no child outlives it (test/support/children.ts).
   const start = (name: string, command: string, args: string[], childEnv: NodeJS.ProcessEnv = env, cwd = ROOT) => {
     const child = spawnOwned(command, args, { cwd, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] })
     const prefix = `${name.padEnd(10)}|`

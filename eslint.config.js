@@ -3,5 +3,5 @@ import globals from 'globals'
 
 export default [
   ...neostandard({ ts: true, ignores: ['dist/**', 'node_modules/**', '.tap/**'] }),
-  { files: ['public/**/*.js'], languageOptions: { globals: globals.browser, sourceType: 'script' } }
+  { files: ['demo/public/**/*.js'], languageOptions: { globals: globals.browser, sourceType: 'script' } }
 ]

@@ -2,7 +2,7 @@ import closeWithGrace from 'close-with-grace'
 import Fastify from 'fastify'
 import fanout from './app.js'
 import { loadEnv, optionsFromEnv, type Env } from './lib/config.js'
-import { fail } from './tools/fail.js'
+import { fail } from './lib/fail.js'
 
 let env: Env
 try {

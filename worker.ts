@@ -3,8 +3,8 @@ import closeWithGrace from 'close-with-grace'
 import pino from 'pino'
 import { loadEnv, usesRedis, type Env } from './lib/config.js'
 import { createBroker } from './lib/create-broker.js'
-import { fail } from './tools/fail.js'
-import { startPublisher, type PublisherRun } from './lib/publisher.js'
+import { fail } from './lib/fail.js'
+import { startPublisher, type PublisherRun } from './demo/publisher.js'
 import type { RedisBroker } from './lib/redis/broker.js'
 
 /**

@@ -38,7 +38,7 @@ const DIST = fileURLToPath(new URL('..', import.meta.url)) // dist/
 const ROOT = join(DIST, '..')
 // Loaded from the product's build at run time: compiling the bench must not re-emit dist/lib/,
 // which the tests import while the smoke test builds the bench.
-const { freePort } = await import(new URL('../lib/free-port.js', import.meta.url).href) as { freePort: () => Promise<number> }
+const { freePort } = await import(new URL('../test/support/free-port.js', import.meta.url).href) as { freePort: () => Promise<number> }
 /** Open files are capped at 20,000 per process: leave room for the process' own descriptors. */
 const SOCKETS_PER_PROCESS = 19_500
 

@@ -2,7 +2,7 @@ import type { Broker } from './broker.js'
 import { MemoryBroker } from './memory-broker.js'
 import { RedisBroker } from './redis/broker.js'
 import { redisTarget } from './redis/connection.js'
-import type { LogFn } from './redis/types.js'
+import type { LogFn } from './redis/log.js'
 
 export interface BrokerSettings {
   /** None of the four set: the in-memory broker. */

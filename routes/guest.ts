@@ -3,9 +3,9 @@ import { ID_PATTERN } from '../lib/event.js'
 import type { Client } from '../lib/hub.js'
 import { ANONYMOUS } from '../lib/auth.js'
 import { PROTOCOL } from '../lib/protocol.js'
-import { acceptsEventStream, openEventStream } from '../lib/sse.js'
+import { acceptsEventStream, openEventStream } from '../lib/transports/sse.js'
 import { UploadError, UploadQueue } from '../lib/uploads.js'
-import { admitConnection, logText, onInbound } from '../plugins/connection.js'
+import { admitConnection, logText, onInbound } from './connection.js'
 
 interface GuestRequest {
   Querystring: { since?: string, epoch?: string }

@@ -1,5 +1,5 @@
 import type { BrokerState } from '../broker.js'
-import type { BrokerLog, RedisCounters } from './types.js'
+import type { BrokerLog, RedisCounters } from './log.js'
 
 export interface CanaryOptions {
   /** This replica's own channel. */

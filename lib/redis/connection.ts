@@ -156,7 +156,7 @@ export function createRedis (target: RedisTarget, role: string, options: RedisOp
       clusterRetryStrategy: retryStrategy,
       // Ask the cluster who owns which slot every second: ioredis otherwise learns of a failover
       // only from a closed socket or a MOVED reply, and a frozen or partitioned primary gives
-      // neither, so commands and sharded subscriptions stay on it (test/ha-harness.test.ts, SIGSTOP).
+      // neither, so commands and sharded subscriptions stay on it (test/system/ha-harness.test.ts, SIGSTOP).
       slotsRefreshInterval: 1000,
       ...clusterLevel,
       ...clusterOptions,
@@ -170,7 +170,7 @@ export function createRedis (target: RedisTarget, role: string, options: RedisOp
  * Drops the client's socket when the sentinels announce that the primary it is connected to was
  * replaced (`+switch-master`); ioredis then reconnects as after any lost connection and asks the
  * sentinels anew. Needed because a frozen or partitioned primary keeps its sockets open: without
- * this the client stays on it, silent, until it wakes (test/ha-harness.test.ts, SIGSTOP).
+ * this the client stays on it, silent, until it wakes (test/system/ha-harness.test.ts, SIGSTOP).
  * ioredis' own `failoverDetector` does the same but, arriving while the client is reconnecting,
  * aborts the sentinel query and leaves the client ended for good (status 'end'; 2 of 13 SIGKILL
  * failovers measured); destroying only the socket never touches a reconnection in progress.

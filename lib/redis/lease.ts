@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import type { BrokerLog } from './types.js'
+import type { BrokerLog } from './log.js'
 
 /**
  * Takes the lease if it is free, renews it if this holder has it (taking it back if it vanished

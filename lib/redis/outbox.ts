@@ -3,7 +3,7 @@ import { compareIds, encodeBody, type EventBody } from '../event.js'
 import { newEpoch } from '../memory-broker.js'
 import { delay, retryDelay } from './retry.js'
 import type { StreamKeys } from './stream.js'
-import type { BrokerLog, RedisCounters } from './types.js'
+import type { BrokerLog, RedisCounters } from './log.js'
 
 /** The connection the outbox publishes through: the publish script defined as a command. */
 export interface PublishingConnection {

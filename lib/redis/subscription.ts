@@ -2,7 +2,7 @@ import type { BrokerListener, Gap } from '../broker.js'
 import { compareIds, epochOf, idOf } from '../event.js'
 import { PAGE } from './history.js'
 import { parseEntry, type Entry, type RawEntry, type StreamKeys } from './stream.js'
-import type { BrokerLog, RedisCounters } from './types.js'
+import type { BrokerLog, RedisCounters } from './log.js'
 import { delay, retryDelay } from './retry.js'
 
 export interface SubscriptionConnection {

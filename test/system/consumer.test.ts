@@ -1,0 +1,102 @@
+// The package as a new user meets it (issue 11): packed from a clean copy of the sources (so
+// `prepack` must build dist/), installed into a separate app with its own fastify 5 from the
+// registry, the README's example compiled with `tsc --strict` (NodeNext) and run; an event
+// published through its route reaches a WebSocket and an EventSource client, and after SIGTERM
+// (the example's `app.close()`) the process exits on its own.
+import { execFile } from 'node:child_process'
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { connect, freePort, ROOT, run, tempDir, waitFor } from '../support/helper.js'
+
+const exec = promisify(execFile)
+const devDependencies = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).devDependencies as Record<string, string>
+
+/** The README's example: the ts block after the consumer-example marker. */
+function readmeExample (): string {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+  const marker = readme.indexOf('<!-- consumer-example')
+  const match = /```ts\n([\s\S]*?)```/.exec(readme.slice(marker))
+  if (marker === -1 || !match) throw new Error('README.md has no consumer-example block')
+  return match[1]
+}
+
+t.test('npm pack, install into a strict TypeScript app, the README example compiles, serves and exits', { timeout: 360_000 }, async (t) => {
+  const dir = tempDir(t, 'fanout-consumer-')
+  // A clean copy of what git tracks, no dist/: what a fresh clone packs.
+  const src = join(dir, 'src')
+  const { stdout: tracked } = await exec('git', ['ls-files', '-z'], { cwd: ROOT })
+  for (const file of tracked.split('\0').filter(Boolean)) {
+    if (!existsSync(join(ROOT, file))) continue
+    mkdirSync(join(src, file, '..'), { recursive: true })
+    cpSync(join(ROOT, file), join(src, file))
+  }
+  symlinkSync(join(ROOT, 'node_modules'), join(src, 'node_modules'))
+  const cache = join(dir, 'npm-cache')
+  const npm = async (args: string[], cwd: string) => exec('npm', [...args, '--cache', cache, '--no-audit', '--no-fund', '--loglevel=error'], { cwd, maxBuffer: 16 * 1024 * 1024 })
+  const { stdout: packed } = await npm(['pack', '--json', '--pack-destination', dir], src)
+  const [{ filename, files }] = JSON.parse(packed) as Array<{ filename: string, files: Array<{ path: string }> }>
+  const paths = files.map((f) => f.path)
+  for (const needed of ['dist/app.js', 'dist/app.d.ts', 'dist/lib/hub.d.ts', 'public/index.html', 'public/client.js']) {
+    t.ok(paths.includes(needed), `the tarball holds ${needed}`)
+  }
+  t.notOk(paths.some((p) => p.startsWith('dist/test/') || p.startsWith('dist/bench/')), 'no tests or benchmark in the tarball')
+
+  const app = join(dir, 'app')
+  mkdirSync(app)
+  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }))
+  writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({
+    compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, skipLibCheck: false, outDir: 'dist', types: ['node'] },
+    include: ['app.ts']
+  }))
+  writeFileSync(join(app, 'app.ts'), readmeExample())
+  // The app's own fastify 5 from the registry, as a user's app has it; typescript and node types
+  // as any TypeScript app has them. Nothing else: the package must bring what its types need.
+  await npm(['install', join(dir, filename), 'fastify@5', `typescript@${devDependencies.typescript}`, `@types/node@${devDependencies['@types/node']}`], app)
+  t.notOk(existsSync(join(app, 'node_modules/fastify-fanout/node_modules/fastify')), 'one fastify: the app\'s (a peer dependency, not a nested copy)')
+
+  const tsc = await exec(join(app, 'node_modules/.bin/tsc'), ['-p', 'tsconfig.json'], { cwd: app }).then(() => '', (err: { stdout: string }) => err.stdout)
+  t.equal(tsc, '', 'tsc --strict compiles the README example with no error')
+  if (tsc !== '') return
+  t.ok(readdirSync(join(app, 'dist')).includes('app.js'))
+
+  const port = await freePort()
+  const proc = run(t, process.execPath, ['dist/app.js'], { PORT: String(port), REDIS_URL: undefined }, app)
+  await waitFor(() => proc.output().includes('Server listening') || proc.child.exitCode !== null, 15_000, 'the example to listen')
+  t.equal(proc.child.exitCode, null, 'the example runs')
+  if (proc.child.exitCode !== null) return t.comment(proc.output())
+  const base = `127.0.0.1:${port}`
+
+  const ws = await connect(t, `ws://${base}/live/guest`)
+  const abort = new AbortController()
+  t.teardown(() => abort.abort())
+  const stream = await fetch(`http://${base}/live/guest`, { headers: { accept: 'text/event-stream' }, signal: abort.signal })
+  t.equal(stream.headers.get('content-type'), 'text/event-stream; charset=utf-8')
+  let sse = ''
+  const reading = (async () => {
+    const decoder = new TextDecoder()
+    try {
+      for await (const chunk of stream.body as unknown as AsyncIterable<Uint8Array>) sse += decoder.decode(chunk, { stream: true })
+    } catch {} // aborted at the end
+  })()
+
+  const published = await fetch(`http://${base}/news`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: 'hello' }) })
+  const { id } = await published.json() as { id: string }
+  t.match(id, /^\d+-\d+$/, 'publish resolved to the event id')
+  await ws.until((c) => c.json('news').length === 1, 10_000, 'the event over the WebSocket')
+  t.match(ws.json('news'), [{ id, type: 'news', text: 'hello' }], 'the WebSocket client got it')
+  await waitFor(() => sse.includes(`id: ${id}\n`), 10_000, 'the event over EventSource')
+  t.ok(sse.includes(`id: ${id}\ndata: ${ws.messages[0]}\n\n`), 'the EventSource client got it, with its id, the same bytes')
+  t.equal((await fetch(`http://${base}/live/readyz`)).status, 200, 'readyPath under the prefix')
+  t.equal((await fetch(`http://${base}/metrics`)).status, 404, 'routes not asked for are off')
+
+  ws.socket.close()
+  await ws.closed
+  abort.abort()
+  await reading
+  const started = Date.now()
+  proc.child.kill('SIGTERM')
+  const exit = await Promise.race([proc.exited, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 15_000))])
+  t.same(exit, { code: 0, signal: null }, `app.close() and the process exits on its own (${Date.now() - started} ms)`)
+})
