@@ -3,21 +3,20 @@ import { ConfigError } from './lib/config.js'
 import { resolveOptions, type FanoutOptions } from './lib/options.js'
 import fanoutCore from './plugins/fanout.js'
 import metrics from './plugins/metrics.js'
-import publisher from './demo/plugin.js'
 import websocket from './plugins/websocket.js'
-import askRoutes from './demo/ask.js'
-import demoRoutes from './demo/page.js'
 import guestRoutes from './routes/guest.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
 
-export type { FanoutOptions, PublisherOptions, ResolvedOptions } from './lib/options.js'
+// The public surface: what docs/ document, nothing else.
+export type { Authorize, FanoutOptions, ResolvedOptions } from './lib/options.js'
 export type { Fanout, Snapshot } from './plugins/fanout.js'
 export type { Broker, BrokerState, Gap, Replay } from './lib/broker.js'
 export type { BrokerEvent, EventBody } from './lib/event.js'
-export type { Authorize, Identity } from './lib/auth.js'
-export type { AckMessage, ControlMessage, ErrorMessage, FanoutEvent, GuestEvent, ResumeMessage, UploadErrorCode } from './lib/protocol.js'
-export type { Counters } from './lib/stats.js'
+export type { Identity } from './lib/auth.js'
+export type {
+  AckMessage, ControlMessage, ErrorMessage, FanoutEvent, GapMessage, GuestEvent, ResumeMessage, ServerMessage, UploadErrorCode
+} from './lib/protocol.js'
 export { Refusal, refuse } from './lib/auth.js'
 export { ConfigError } from './lib/config.js'
 export { CloseCode, PROTOCOL, TOKEN_PROTOCOL_PREFIX } from './lib/protocol.js'
@@ -31,7 +30,8 @@ const servers = new WeakSet<object>()
 /**
  * fastify-fanout: register it in any Fastify app. It adds `fastify.fanout` and the event stream
  * at `/guest` (WebSocket and EventSource); the other routes are off unless given a path
- * (README, "Use it in your own app"). Every route goes under the `prefix` it is registered with.
+ * (docs/configuration.md). Every route goes under the `prefix` it is registered with. The demo
+ * (guest publisher, `/ask`, the page) is a plugin of its own: `fastify-fanout/demo`.
  */
 export default fp<FanoutOptions>(async (fastify, opts) => {
   if (servers.has(fastify.server)) {
@@ -45,10 +45,7 @@ export default fp<FanoutOptions>(async (fastify, opts) => {
   // Routes live in their own scope, so their hooks stay theirs; `prefix` applies to them all.
   await fastify.register(async (routes) => {
     await routes.register(guestRoutes)
-    await routes.register(askRoutes)
     await routes.register(healthRoutes)
     await routes.register(metricsRoutes)
-    await routes.register(demoRoutes)
   }, { prefix: opts.prefix })
-  await fastify.register(publisher, options)
 }, { name: 'fastify-fanout', fastify: '5.x' })

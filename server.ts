@@ -1,8 +1,12 @@
+#!/usr/bin/env node
 import closeWithGrace from 'close-with-grace'
 import Fastify from 'fastify'
 import fanout from './app.js'
-import { loadEnv, optionsFromEnv, type Env } from './lib/config.js'
+import fanoutDemo from './demo/plugin.js'
+import { demoOptionsFromEnv } from './demo/options.js'
+import { loadEnv, type Env } from './lib/config.js'
 import { fail } from './lib/fail.js'
+import { optionsFromEnv } from './lib/options.js'
 
 let env: Env
 try {
@@ -13,12 +17,14 @@ try {
 
 // Under a file-size limit (RLIMIT_FSIZE: ulimit -f, docker --ulimit fsize) the kernel's default for
 // SIGXFSZ kills the whole process on an oversize write. Handled, the write fails with EFBIG instead
-// and only that upload is refused (lib/uploads.ts, 'too_big'; issue 5).
+// and only that upload is refused (lib/uploads.ts, 'too_big').
 process.on('SIGXFSZ', () => {})
 
 const app = Fastify({ logger: { level: env.LOG_LEVEL } })
 try {
+  // The environment becomes the plugin's options and the demo's: the same path as any app's.
   await app.register(fanout, optionsFromEnv(env))
+  await app.register(fanoutDemo, demoOptionsFromEnv(env))
   await app.ready()
 } catch (err) {
   fail('fastify-fanout cannot start', err)

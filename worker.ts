@@ -1,11 +1,12 @@
+#!/usr/bin/env node
 import { randomUUID } from 'node:crypto'
 import closeWithGrace from 'close-with-grace'
 import pino from 'pino'
-import { loadEnv, usesRedis, type Env } from './lib/config.js'
-import { createBroker } from './lib/create-broker.js'
-import { fail } from './lib/fail.js'
 import { startPublisher, type PublisherRun } from './demo/publisher.js'
-import type { RedisBroker } from './lib/redis/broker.js'
+import { loadEnv, type Env } from './lib/config.js'
+import { createRedisBroker } from './lib/create-broker.js'
+import { fail } from './lib/fail.js'
+import { optionsFromEnv, resolveOptions, type ResolvedOptions } from './lib/options.js'
 
 /**
  * The publisher worker: guest events on the random schedule, into Redis. Run any number: they
@@ -13,12 +14,15 @@ import type { RedisBroker } from './lib/redis/broker.js'
  * dies or stalls past WORKER_LEASE_MS (README, "High availability").
  */
 let env: Env
+let options: ResolvedOptions
 try {
+  // The same path as the server's: environment → options → resolved options → the broker.
   env = loadEnv()
+  options = resolveOptions(optionsFromEnv(env))
 } catch (err) {
   fail('fastify-fanout worker', err)
 }
-if (!usesRedis(env)) {
+if (options.redis === undefined) {
   fail('fastify-fanout worker', new Error('REDIS_URL (or REDIS_SENTINELS, or REDIS_CLUSTER_NODES) is not set: the worker publishes into Redis (e.g. REDIS_URL=redis://127.0.0.1:6379)'))
 }
 
@@ -26,17 +30,7 @@ const workerId = randomUUID().slice(0, 8)
 // Written synchronously: with pino's default asynchronous destination, a chunk still being written
 // when the process exits is lost, and what a worker confirmed must not vanish from its log.
 const log = pino({ level: env.LOG_LEVEL, base: { role: 'worker', worker: workerId, pid: process.pid } }, pino.destination({ dest: 1, sync: true }))
-const broker = createBroker({
-  redisUrl: env.REDIS_URL,
-  redisSentinels: env.REDIS_SENTINELS,
-  redisSentinelName: env.REDIS_SENTINEL_NAME,
-  redisClusterNodes: env.REDIS_CLUSTER_NODES,
-  redisWaitReplicas: env.REDIS_WAIT_REPLICAS,
-  redisPrefix: env.REDIS_PREFIX,
-  historySize: env.HISTORY_SIZE,
-  outboxSize: env.OUTBOX_SIZE,
-  canaryIntervalMs: env.CANARY_INTERVAL_MS
-}, (level, fields, msg) => log[level](fields, msg)) as RedisBroker
+const broker = createRedisBroker(options.redis, options, (level, fields, msg) => log[level](fields, msg))
 broker.onStateChange((state) => log.info({ state }, 'redis connection state changed'))
 
 let made = 0

@@ -1,5 +1,7 @@
 import type { FastifyInstance } from 'fastify'
+import { coreOf } from '../plugins/fanout.js'
 import { makeGuest } from './guests.js'
+import type { ResolvedDemoOptions } from './options.js'
 import { ANONYMOUS } from '../lib/auth.js'
 import { PROTOCOL } from '../lib/protocol.js'
 import { admitConnection, logText, onInbound } from '../routes/connection.js'
@@ -7,10 +9,10 @@ import { admitConnection, logText, onInbound } from '../routes/connection.js'
 export const GREETING = 'The server is listening to you now.'
 
 /** The seed's PHP server: a greeting on open, then one fresh guest event per text message, to that client alone. */
-export default async function askRoutes (fastify: FastifyInstance): Promise<void> {
-  const { hub, options } = fastify.fanout
-  if (options.askPath === false) return
-  fastify.get(options.askPath, { websocket: true, onRequest: admitConnection }, (socket, request) => {
+export default async function askRoutes (fastify: FastifyInstance, { askPath }: ResolvedDemoOptions): Promise<void> {
+  if (askPath === false) return
+  const { hub } = coreOf(fastify)
+  fastify.get(askPath, { websocket: true, onRequest: admitConnection }, (socket, request) => {
     const client = hub.add(socket, socket.protocol === PROTOCOL, false)
     client.identity = request.fanoutIdentity ?? ANONYMOUS
     onInbound(fastify, socket, request, (data, isBinary) => {

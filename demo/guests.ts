@@ -1,5 +1,9 @@
-import { fakerZH_CN as faker } from '@faker-js/faker'
 import type { EventBody } from '../lib/event.js'
+
+// Guest names come from faker, an optional peer dependency: only the demo needs it, not the plugin.
+const { fakerZH_CN: faker } = await import('@faker-js/faker').catch((err: Error) => {
+  throw new Error(`the fastify-fanout demo needs @faker-js/faker for its guest names: npm install @faker-js/faker (${err.message})`)
+})
 
 export interface GuestBody extends EventBody {
   type: 'guest'

@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { dirname, join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
+import type { ResolvedDemoOptions } from './options.js'
 
 /** The package's root, from source (ts) or from dist/ alike. */
 function packageRoot (): string {
@@ -18,8 +19,8 @@ function packageRoot (): string {
  * `/demo/client.js` for one at `/demo`). The page is told every URL it uses, prefix included, so
  * it follows `guestPath` and the `prefix` it is served under (at `/rt` and `/rt/` alike).
  */
-export default async function demoRoutes (fastify: FastifyInstance): Promise<void> {
-  const { demoPath, guestPath } = fastify.fanout.options
+export default async function pageRoutes (fastify: FastifyInstance, { demoPath }: ResolvedDemoOptions): Promise<void> {
+  const { guestPath } = fastify.fanout.options
   if (demoPath === false || guestPath === false) return
   const pagePath = posix.join(fastify.prefix || '/', demoPath)
   const assetDir = escapeHtml(pagePath.endsWith('/') ? pagePath : `${pagePath}/`)

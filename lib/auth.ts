@@ -1,5 +1,5 @@
 import { timingSafeEqual } from 'node:crypto'
-import type { FastifyRequest } from 'fastify'
+import type { IncomingHttpHeaders } from 'node:http'
 import { TOKEN_PROTOCOL_PREFIX } from './protocol.js'
 
 /**
@@ -27,22 +27,16 @@ export function refuse (status: 401 | 403, reason: string): Refusal {
 }
 
 /**
- * Runs before the upgrade (WebSocket) or the stream (EventSource). Returns the connection's
- * identity, or a `refuse(...)`; `false` or `null` refuse with 401. A thrown error is a 500.
- */
-export type Authorize = (request: FastifyRequest) => Identity | Refusal | false | null | Promise<Identity | Refusal | false | null>
-
-/**
- * The upload token as an `authorize`: everyone may connect and receive events; a connection may
- * upload only if its handshake carried the token, as `Authorization: Bearer <token>` or, for
+ * The upload token's identity for a handshake's headers: everyone may connect and receive events;
+ * a connection may upload only if its handshake carried the token, as `Authorization: Bearer <token>` or, for
  * browsers (which cannot set headers), as the subprotocol `fanout.token.<token>`. Never logged.
  */
-export function uploadTokenAuthorize (token: string): Authorize {
+export function uploadTokenIdentity (token: string): (headers: IncomingHttpHeaders) => Identity {
   const expected = Buffer.from(token)
-  return (request) => {
+  return (headers) => {
     const offered = [
-      request.headers.authorization?.replace(/^Bearer\s+/i, ''),
-      ...(request.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim())
+      headers.authorization?.replace(/^Bearer\s+/i, ''),
+      ...(headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim())
         .filter((p) => p.startsWith(TOKEN_PROTOCOL_PREFIX)).map((p) => p.slice(TOKEN_PROTOCOL_PREFIX.length))
     ]
     const upload = offered.some((candidate) => {

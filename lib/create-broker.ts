@@ -1,38 +1,26 @@
 import type { Broker } from './broker.js'
 import { MemoryBroker } from './memory-broker.js'
+import type { ResolvedOptions } from './options.js'
 import { RedisBroker } from './redis/broker.js'
-import { redisTarget } from './redis/connection.js'
+import type { RedisTarget } from './redis/connection.js'
 import type { LogFn } from './redis/log.js'
 
-export interface BrokerSettings {
-  /** None of the four set: the in-memory broker. */
-  redisUrl?: string
-  redisSentinels?: string
-  redisSentinelName?: string
-  redisClusterNodes?: string
-  redisPrefix: string
-  redisWaitReplicas?: number
-  historySize: number
-  outboxSize: number
-  canaryIntervalMs: number
+type BrokerOptions = Pick<ResolvedOptions, 'redis' | 'redisPrefix' | 'redisWaitReplicas' | 'historySize' | 'outboxSize' | 'canaryIntervalMs'>
+
+/** The broker the resolved options describe: Redis where they name a deployment, else in memory. */
+export function createBroker (options: BrokerOptions, log: LogFn): Broker {
+  return options.redis === undefined ? new MemoryBroker(options.historySize) : createRedisBroker(options.redis, options, log)
 }
 
-/** The broker the settings describe; one place for the plugin and the worker alike. */
-export function createBroker (settings: BrokerSettings, log: LogFn): Broker {
-  const target = redisTarget({
-    url: settings.redisUrl,
-    sentinels: settings.redisSentinels,
-    sentinelName: settings.redisSentinelName,
-    clusterNodes: settings.redisClusterNodes
-  })
-  if (!target) return new MemoryBroker(settings.historySize)
+/** The Redis broker (the worker's, which needs its lease). */
+export function createRedisBroker (target: RedisTarget, options: Omit<BrokerOptions, 'redis'>, log: LogFn): RedisBroker {
   return new RedisBroker({
     target,
-    prefix: settings.redisPrefix,
-    historySize: settings.historySize,
-    outboxSize: settings.outboxSize,
-    canaryIntervalMs: settings.canaryIntervalMs,
-    waitReplicas: settings.redisWaitReplicas,
+    prefix: options.redisPrefix,
+    historySize: options.historySize,
+    outboxSize: options.outboxSize,
+    canaryIntervalMs: options.canaryIntervalMs,
+    waitReplicas: options.redisWaitReplicas,
     log
   })
 }

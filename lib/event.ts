@@ -1,6 +1,7 @@
 // The wire format of an event, in one place. An event travels as the exact JSON bytes every
 // client receives; the broker splices the id it assigned and the history's epoch in front of the
 // publisher's body, so no replica ever parses or re-serialises an event to deliver it.
+import { randomBytes } from 'node:crypto'
 
 export interface EventBody {
   type: string
@@ -25,6 +26,14 @@ export interface FrameBlock { frames: Buffer, count: number, lastId: string }
 
 const ID_PREFIX = '{"id":"'
 const EPOCH_PREFIX = '","epoch":"'
+
+/** The most events one read of a history returns (a replay reads page by page). */
+export const HISTORY_PAGE = 500
+
+/** A fresh history's name: 8 characters, unlikely ever to repeat. */
+export function newEpoch (): string {
+  return randomBytes(6).toString('base64url')
+}
 
 /** Ids look like Redis stream ids, `<ms>-<seq>`; both brokers make them so they compare alike. */
 export const ID_PATTERN = /^\d{1,16}-\d{1,16}$/

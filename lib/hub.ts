@@ -1,12 +1,13 @@
 import type { Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
-import * as ws from 'ws'
-import { WebSocket } from 'ws'
+import type { WebSocket } from 'ws'
 import { ANONYMOUS, type Identity } from './auth.js'
 import type { Gap, Replay } from './broker.js'
 import { compareIds, type BrokerEvent, type FrameBlock } from './event.js'
 import { CloseCode, type ControlMessage } from './protocol.js'
 import type { Stats } from './stats.js'
+import type { Transport } from './transports/transport.js'
+import { frameOf, WebSocketTransport } from './transports/websocket.js'
 
 /** The largest block of joined frames a replay writes at once. */
 const BLOCK_BYTES = 64 * 1024
@@ -21,28 +22,6 @@ export interface HubOptions {
   /** Resumes replaying at once; the rest wait their turn, so a reconnect storm has a bounded cost. */
   maxConcurrentReplays: number
   stats: Stats
-}
-
-/**
- * How a client's bytes reach it: the hub writes a transport's pre-built bytes straight to its TCP
- * socket, so a transport says what that socket is and how an event and a message look on it.
- * WebSocket (below) and EventSource (lib/sse.ts) are the two.
- */
-export interface Transport {
-  readonly raw: Socket
-  readonly open: boolean
-  /** Whether the peer answers pings; one that does not is kept alive by TCP and the buffer cap alone. */
-  readonly answersPings: boolean
-  /** The event's bytes on this transport: built once per event, cached on it, then reused. */
-  frame (event: BrokerEvent): Buffer
-  /** A message for this client alone; `type` names a control message. */
-  message (data: string | Buffer, type?: string): Buffer
-  ping (): void
-  onPong (listener: () => void): void
-  /** A close the server starts; a peer that does not answer it is dropped (CLOSE_GRACE_MS). */
-  close (code: number, reason: string): void
-  terminate (): void
-  onClose (listener: () => void): void
 }
 
 const HEARTBEAT_SLICES = 10
@@ -76,12 +55,12 @@ export class Client {
   pendingFrom = 0
   pendingTo = 0
   readonly raw: Socket
-  /** A WebSocket's live events leave as runs of the turn's frames (Hub.deliver); others' one by one. */
+  /** Its live events leave as runs of the turn's frames (Hub.deliver), or one by one. */
   readonly joinsTurns: boolean
 
   constructor (readonly transport: Transport, readonly control: boolean) {
     this.raw = transport.raw
-    this.joinsTurns = transport instanceof WebSocketTransport
+    this.joinsTurns = transport.joinsTurns
   }
 
   get open (): boolean { return this.transport.open }
@@ -96,44 +75,6 @@ export class Client {
   hasSeen (id: string): boolean {
     return this.lastId !== undefined && compareIds(id, this.lastId) <= 0
   }
-}
-
-/** A WebSocket as a transport. */
-export class WebSocketTransport implements Transport {
-  readonly raw: Socket
-  readonly answersPings = true
-
-  constructor (readonly ws: WebSocket) {
-    // The TCP socket under ws. The hub writes pre-framed bytes to it directly; that is only sound
-    // because permessage-deflate is off for these routes and nothing sends Blobs, the two cases
-    // in which ws queues frames itself (ws/lib/sender.js, `_state`).
-    this.raw = (ws as unknown as { _socket: Socket })._socket
-  }
-
-  get open (): boolean { return this.ws.readyState === WebSocket.OPEN }
-  frame (event: BrokerEvent): Buffer { return frameOf(event) }
-  message (data: string | Buffer): Buffer { return textFrame(data) }
-  ping (): void { this.ws.ping() }
-  onPong (listener: () => void): void { this.ws.on('pong', listener) }
-  // ws drops a peer that does not answer after its closeTimeout (plugins/websocket.ts).
-  close (code: number, reason: string): void { this.ws.close(code, reason) }
-  terminate (): void { this.ws.terminate() }
-  onClose (listener: () => void): void {
-    if (this.ws.readyState === WebSocket.CLOSED) listener()
-    else this.ws.once('close', listener)
-  }
-}
-
-// ws's own framing (ws/lib/sender.js); @types/ws does not declare it.
-const { Sender } = ws as unknown as {
-  Sender: { frame (data: Buffer, options: { fin: boolean, opcode: number, mask: boolean, readOnly: boolean, rsv1: boolean }): Buffer[] }
-}
-
-/** A server-to-client text frame: built once, written as is to any number of sockets. */
-export function textFrame (data: Buffer | string): Buffer {
-  const payload = typeof data === 'string' ? Buffer.from(data) : data
-  const parts = Sender.frame(payload, { fin: true, opcode: 1, mask: false, readOnly: true, rsv1: false })
-  return parts.length === 1 ? parts[0] : Buffer.concat(parts)
 }
 
 /**
@@ -430,7 +371,7 @@ export class Hub {
   }
 
   /** A control message (a `ControlMessage`, or one the hub's own code adds) as JSON. */
-  sendJson (client: Client, message: ControlMessage | { type: string, [field: string]: unknown }): boolean {
+  sendJson (client: Client, message: ControlMessage): boolean {
     return this.send(client, JSON.stringify(message), message.type)
   }
 
@@ -522,12 +463,6 @@ export class Hub {
 
 function isGap (item: BrokerEvent | Gap): item is Gap {
   return 'reason' in item
-}
-
-/** An event's frame, built once however many clients it is written to (live, held or replayed). */
-function frameOf (event: BrokerEvent): Buffer {
-  event.frame ??= textFrame(event.data)
-  return event.frame
 }
 
 /** Resolves once the client's socket has written out what it holds, or has closed. */

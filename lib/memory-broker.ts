@@ -1,14 +1,6 @@
-import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { Broker, BrokerListener, BrokerState, Replay } from './broker.js'
-import { compareIds, encodeBody, withId, type BrokerEvent, type EventBody } from './event.js'
-
-const PAGE = 500
-
-/** A fresh history's name: 8 characters, unlikely ever to repeat. */
-export function newEpoch (): string {
-  return randomBytes(6).toString('base64url')
-}
+import { compareIds, encodeBody, HISTORY_PAGE, newEpoch, withId, type BrokerEvent, type EventBody } from './event.js'
 
 /**
  * The embedded broker: one process, a bounded ring of history, ids shaped like Redis stream ids
@@ -67,7 +59,7 @@ export class MemoryBroker implements Broker {
         // Trimmed past where this replay stands: the events in between are gone.
         if (this.#lastTrimmedId !== undefined && compareIds(after, this.#lastTrimmedId) < 0) replay.lost = true
         const at = firstAfter(this.#ring, after)
-        const page = this.#ring.slice(at, at + PAGE)
+        const page = this.#ring.slice(at, at + HISTORY_PAGE)
         if (page.length > 0) after = page[page.length - 1].id
         return page
       }

@@ -1,19 +1,22 @@
-import type { Authorize } from './auth.js'
+import type { FastifyRequest } from 'fastify'
+import type { Identity, Refusal } from './auth.js'
 import type { Broker } from './broker.js'
-import { ConfigError, OptionsSchema, validateOptions, type ValidatedOptions } from './config.js'
+import {
+  checkRedisTarget, ConfigError, optionName, PluginOptionsSchema, settingsFromEnv, validate,
+  type Env, type PluginSettingName, type PluginSettings, type SettingValue
+} from './config.js'
+import type { RedisTarget } from './redis/connection.js'
 
-export interface PublisherOptions {
-  /** [3000] */
-  minDelayMs?: number
-  /** [8000] */
-  maxDelayMs?: number
-  /** Publish this many events, then stop. [unlimited] */
-  count?: number
-}
+/**
+ * Runs before the upgrade (WebSocket) or the stream (EventSource). Returns the connection's
+ * identity, or a `refuse(...)`; `false` or `null` refuse with 401. A thrown error is a 500.
+ */
+export type Authorize = (request: FastifyRequest) => Identity | Refusal | false | null | Promise<Identity | Refusal | false | null>
 
 /**
  * What a user passes to `app.register(fanout, options)`; every field is optional. Types, limits
- * and defaults are checked by the schema in lib/config.ts (README, "Use it in your own app").
+ * and defaults come from the SETTINGS table (lib/config.ts; docs/configuration.md), and this
+ * interface is checked against it below, so the two cannot drift.
  */
 export interface FanoutOptions {
   /** A broker instance of your own; you close it. Otherwise `redisUrl` selects Redis, and without it the in-memory broker. */
@@ -24,21 +27,18 @@ export interface FanoutOptions {
   redisSentinelName?: string
   /** Redis Cluster nodes as `host:port,…`: a few to discover the rest from. */
   redisClusterNodes?: string
-  /** Replicas that must confirm a publish (`WAIT`) before it leaves the publisher's outbox [0]. */
+  /** Replicas that must confirm a publish (`WAIT`) before it leaves the publisher's outbox. [0] */
   redisWaitReplicas?: number
+  /** Every Redis key and channel starts with it. [fanout:] */
   redisPrefix?: string
-  /** Events kept for resume. */
+  /** Events kept for resume. [1000] */
   historySize?: number
+  /** Events a publisher holds while Redis is unreachable. [10000] */
   outboxSize?: number
+  /** How often the replica checks that Redis delivers (ms). [2000] */
   canaryIntervalMs?: number
-  /** Run the demo's guest publisher in this process: true or its options. [false] */
-  publisher?: boolean | PublisherOptions
   /** The event stream (WebSocket and EventSource). [/guest] */
   guestPath?: string | false
-  /** The tutorial's PHP server. [false] */
-  askPath?: string | false
-  /** The demo page. [false] */
-  demoPath?: string | false
   /** Prometheus text. [false] */
   metricsPath?: string | false
   /** Liveness. [false] */
@@ -47,76 +47,101 @@ export interface FanoutOptions {
   readyPath?: string | false
   /** Accept binary messages as uploads. [false] */
   uploads?: boolean
+  /** [./uploads] */
   uploadDir?: string
+  /** [10 MiB] */
   maxUploadBytes?: number
+  /** Uploads are refused while the disk has less free space than this. [64 MiB] */
   uploadMinFreeBytes?: number
-  /** The most bytes UPLOAD_DIR may hold in uploads; unset: no quota. */
+  /** The most bytes `uploadDir` may hold in uploads; unset: no quota. */
   uploadQuotaBytes?: number
-  /** Uploads need this secret: a built-in `authorize` (README, "Authentication"). */
+  /** Uploads need this secret: a built-in `authorize` (docs/protocol.md, "Authentication"). */
   uploadToken?: string
-  /** Decides who may connect, before the upgrade (README, "Authentication"). */
+  /** Decides who may connect, before the upgrade (docs/protocol.md, "Authentication"). */
   authorize?: Authorize
   /** Exact origins admitted besides same-origin ones; `null` admits file:// pages, `*` all. */
   allowedOrigins?: string[]
+  /** [30000] */
   heartbeatMs?: number
+  /** On close, clients are closed (1012) spread over this window (ms). [5000] */
   drainMs?: number
+  /** [10000] */
   maxConnections?: number
+  /** A client with more bytes waiting is cut off as a slow consumer. [1 MiB] */
   maxBufferedBytes?: number
-  /** Resumes replayed at once per replica; more wait their turn. */
+  /** Resumes replayed at once per replica; more wait their turn. [32] */
   maxConcurrentReplays?: number
+  /** Inbound messages a second per connection. [50] */
   rateMessagesPerSec?: number
+  /** Inbound bytes a second per connection. [16 MiB] */
   rateBytesPerSec?: number
+  /** Text messages logged a second, per replica. [20] */
   textLogPerSec?: number
-  /** How often the metrics log line is written; 0: never. */
+  /** How often the metrics log line is written (ms); 0: never. [10000] */
   metricsIntervalMs?: number
   /** Fastify's own: every route of the plugin goes under it. */
   prefix?: string
 }
 
-type Flat = Omit<ValidatedOptions, 'publisher' | `publisher.${string}` | 'allowedOrigins'>
+/** Options that are not settings: objects and functions, and Fastify's own. */
+type NotSettings = 'broker' | 'authorize' | 'prefix'
+const NOT_SETTINGS = new Set(['broker', 'authorize', 'prefix', 'logLevel', 'logSerializers'])
 
-/** The options with every default filled in, as the plugin's parts read them. */
-export interface ResolvedOptions extends Flat {
-  broker: Broker | undefined
+// Compile-time: FanoutOptions has exactly the plugin's settings, each with the table's type; a
+// setting added to one and not the other fails the build here.
+type Same<A, B> = [A] extends [B] ? [B] extends [A] ? true : false : false
+type Assert<T extends true> = T
+type SameTypes = { [K in PluginSettingName]: Same<NonNullable<FanoutOptions[K]>, NonNullable<SettingValue<K>>> }
+export type OptionsMatchSettings = Assert<Same<Exclude<keyof FanoutOptions, NotSettings>, PluginSettingName>> & Assert<SameTypes[PluginSettingName]>
+
+/** The options with every default filled in, as the plugin's parts read them (`fastify.fanout.options`). */
+export type ResolvedOptions = Readonly<Omit<PluginSettings, 'allowedOrigins'>> & {
   /** Unset: same origin only. */
-  allowedOrigins: string[]
-  authorize: Authorize | undefined
-  publisher: { minDelayMs: number, maxDelayMs: number, count: number | undefined } | false
+  readonly allowedOrigins: readonly string[]
+  readonly broker: Broker | undefined
+  readonly authorize: Authorize | undefined
+  /** The Redis deployment the redis* options describe; undefined: the in-memory broker. */
+  readonly redis: RedisTarget | undefined
 }
 
-// Options the schema does not hold: objects and functions, and what Fastify's register takes.
-const UNCHECKED = new Set(['broker', 'authorize', 'prefix', 'logLevel', 'logSerializers'])
+const DEMO_OPTIONS = new Set(['publisher', 'askPath', 'demoPath'])
+const WHAT = 'fastify-fanout option'
 
+/** Validates the options as given (no coercion: a string is not a number) and fills in every default. */
 export function resolveOptions (options: FanoutOptions = {}): ResolvedOptions {
-  const flat: Record<string, unknown> = {}
-  for (const [key, value] of Object.entries(options)) {
-    if (value === undefined || UNCHECKED.has(key)) continue
-    if (key === 'publisher' && typeof value === 'object' && value !== null) {
-      flat.publisher = true
-      for (const [field, v] of Object.entries(value)) if (v !== undefined) flat[`publisher.${field}`] = v
-    } else {
-      flat[key] = value
-    }
+  const given: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(options)) if (value !== undefined && !NOT_SETTINGS.has(key)) given[key] = value
+  const unknown = Object.keys(given).filter((key) => !(key in PluginOptionsSchema.properties))
+  if (unknown.length > 0) {
+    const demo = unknown.filter((key) => DEMO_OPTIONS.has(key))
+    const hint = demo.length > 0 ? ` (${demo.join(', ')}: options of the demo plugin, fastify-fanout/demo)` : ''
+    throw new ConfigError(`invalid ${WHAT}: unknown option ${unknown.map((k) => `"${k}"`).join(', ')}${hint}`)
   }
-  const known = new Set(Object.keys(OptionsSchema.properties))
-  const unknown = Object.keys(flat).filter((key) => !known.has(key))
-  if (unknown.length > 0) throw new ConfigError(`invalid fastify-fanout option: unknown option ${unknown.map((k) => `"${k}"`).join(', ')}`)
-  const v = validateOptions(flat)
+  const values = validate<PluginSettings>(WHAT, PluginOptionsSchema, given, (key) => key, false)
   if (options.authorize !== undefined && typeof options.authorize !== 'function') {
-    throw new ConfigError('invalid fastify-fanout option: authorize must be a function')
+    throw new ConfigError(`invalid ${WHAT}: authorize must be a function`)
   }
-  if (options.authorize && v.uploadToken) {
-    throw new ConfigError('invalid fastify-fanout option: uploadToken is a built-in authorize; pass authorize or uploadToken, not both')
+  if (options.authorize && values.uploadToken) {
+    throw new ConfigError(`invalid ${WHAT}: uploadToken is a built-in authorize; pass authorize or uploadToken, not both`)
   }
-  if (v.demoPath !== false && v.guestPath === false) {
-    throw new ConfigError('invalid fastify-fanout option: demoPath needs guestPath, the stream the demo page shows')
-  }
-  const { publisher, 'publisher.minDelayMs': minDelayMs, 'publisher.maxDelayMs': maxDelayMs, 'publisher.count': count, ...rest } = v
-  return {
-    ...rest,
-    allowedOrigins: rest.allowedOrigins ?? [],
+  return Object.freeze({
+    ...values,
+    allowedOrigins: Object.freeze([...values.allowedOrigins ?? []]),
     broker: options.broker,
     authorize: options.authorize,
-    publisher: publisher && { minDelayMs, maxDelayMs, count }
-  }
+    redis: checkRedisTarget(WHAT, values, optionName)
+  })
+}
+
+/** What the standalone server serves besides the stream: metrics, health, readiness and uploads. */
+export const STANDALONE = {
+  metricsPath: '/metrics',
+  healthPath: '/healthz',
+  readyPath: '/readyz',
+  uploads: true
+} as const satisfies FanoutOptions
+
+/** The plugin's options as the environment sets them: the standalone server's and the worker's. */
+export function optionsFromEnv (env: Env): FanoutOptions {
+  return { ...STANDALONE, ...settingsFromEnv(env, (key) => key in PluginOptionsSchema.properties) }
 }

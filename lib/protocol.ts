@@ -22,9 +22,11 @@ export const CLOSE_GRACE_MS = 1000
 
 /**
  * An event as clients receive it: the fields its publisher gave, after the `id` the broker
- * assigned. `T` is the body you publish, e.g. `FanoutEvent<{ type: 'news', text: string }>`.
+ * assigned and the `epoch` of the history it belongs to (a new epoch: a new history, whose ids
+ * cannot be compared with the old one's). `T` is the body you publish, e.g.
+ * `FanoutEvent<{ type: 'news', text: string }>`.
  */
-export type FanoutEvent<T extends { type: string } = { type: string, [field: string]: unknown }> = T & { id: string }
+export type FanoutEvent<T extends { type: string } = { type: string, [field: string]: unknown }> = T & { id: string, epoch: string }
 
 /** The tutorial's event, as the guest publisher makes it. */
 export type GuestEvent = FanoutEvent<{ type: 'guest', guest: string, time: string, ts: number }>
@@ -48,13 +50,38 @@ export interface ErrorMessage {
   message: string
 }
 
-/** After the replay of a resuming connection; `lost`: events after `since` had left the history. */
+/** After the replay of a resuming connection. */
 export interface ResumeMessage {
   type: 'resume'
   since: string
+  /** Events sent from the history. */
   replayed: number
+  /** Events after `since` are not in the history: trimmed, or `since` is from an earlier epoch. */
   lost: boolean
+  /** `since` was ahead of the newest event: the replay started from the newest. */
+  clamped: boolean
+  /** The history's epoch; null while it has none yet. */
+  epoch: string | null
 }
 
-/** What a `fanout.v1` WebSocket client (or an EventSource, as named events) receives besides events. */
-export type ControlMessage = AckMessage | ErrorMessage | ResumeMessage
+/**
+ * Events this replica could not deliver and no history holds any more, told in order, before the
+ * events after them.
+ */
+export interface GapMessage {
+  type: 'gap'
+  /** The last event delivered before the gap; null when there was none. */
+  after: string | null
+  /** How many were lost; null when nobody can tell. */
+  lost: number | null
+  reason: 'trimmed' | 'history_reset'
+}
+
+/** Every message the server sends a `fanout.v1` client besides events (an EventSource gets them as named events). */
+export type ControlMessage = AckMessage | ErrorMessage | ResumeMessage | GapMessage
+
+/**
+ * Everything a `fanout.v1` client can receive: events (`E`: your events; the guest event by
+ * default) and control messages. Tell them apart by `type`, in an exhaustive `switch`.
+ */
+export type ServerMessage<E extends FanoutEvent = GuestEvent> = E | ControlMessage

@@ -1,11 +1,12 @@
+import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { uploadTokenAuthorize, type Authorize } from '../lib/auth.js'
-import type { Broker, BrokerState } from '../lib/broker.js'
+import { uploadTokenIdentity } from '../lib/auth.js'
+import type { Broker, BrokerState, Replay } from '../lib/broker.js'
 import { createBroker } from '../lib/create-broker.js'
 import type { EventBody } from '../lib/event.js'
 import { Hub } from '../lib/hub.js'
 import { TokenBucket } from '../lib/limits.js'
-import type { ResolvedOptions } from '../lib/options.js'
+import type { Authorize, ResolvedOptions } from '../lib/options.js'
 import { Stats, type Counters } from '../lib/stats.js'
 import { UploadStore } from '../lib/uploads.js'
 
@@ -17,12 +18,28 @@ export interface Snapshot extends Counters {
   brokerStats: Record<string, number>
 }
 
-/** What the plugin adds to a Fastify instance as `fastify.fanout`. */
+/** What the plugin adds to a Fastify instance as `fastify.fanout`: what an app builds on. */
 export interface Fanout {
   /** Sends an event to every client of every replica; resolves to its id. */
   publish (body: EventBody): Promise<string>
+  /** The events after `since`, as a resuming client gets them: page by page, with `lost` and `clamped`. */
+  history (since: string): Promise<Replay>
   /** Live numbers: connections, counters, broker state. */
   snapshot (): Snapshot
+  /** The options in effect, every default filled in; read-only. */
+  readonly options: ResolvedOptions
+  /** The broker: its `kind`, `state` and `onStateChange`, e.g. for your own health checks. */
+  readonly broker: Broker
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    fanout: Fanout
+  }
+}
+
+/** The plugin's own parts, for its routes only: not part of `fastify.fanout`, so not a promise to apps. */
+export interface Core {
   readonly broker: Broker
   readonly hub: Hub
   readonly stats: Stats
@@ -34,10 +51,13 @@ export interface Fanout {
   admitTextLog (): boolean
 }
 
-declare module 'fastify' {
-  interface FastifyInstance {
-    fanout: Fanout
-  }
+const cores = new WeakMap<Fanout, Core>()
+
+/** The core behind `fastify.fanout`, for the plugin's routes and plugins (and the demo's). */
+export function coreOf (fastify: FastifyInstance): Core {
+  const core = cores.get(fastify.fanout)
+  if (core === undefined) throw new Error('fastify-fanout is not registered on this instance')
+  return core
 }
 
 /** The core: broker, hub and upload store, wired together, each closed in its own hook. */
@@ -53,6 +73,7 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
   })
   const uploads = new UploadStore({ dir: options.uploadDir, minFreeBytes: options.uploadMinFreeBytes, quotaBytes: options.uploadQuotaBytes })
   const textLog = new TokenBucket(options.textLogPerSec, options.textLogPerSec)
+  const tokenIdentity = options.uploadToken === undefined ? undefined : uploadTokenIdentity(options.uploadToken)
 
   fastify.addHook('onClose', async () => {
     hub.close()
@@ -63,21 +84,27 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
   broker.onStateChange((state) => fastify.log.info({ broker: broker.kind, state }, 'broker state changed'))
   await broker.subscribe((event) => hub.deliver(event), (gap) => hub.deliverGap(gap))
 
-  fastify.decorateRequest('fanoutIdentity', null)
-  fastify.decorate('fanout', {
+  const fanout: Fanout = Object.freeze({
     publish: (body: EventBody) => broker.publish(body),
+    history: (since: string) => broker.history(since, performance.now()),
     snapshot: () => ({
       connections: hub.size,
       ...stats.counters(),
       broker: broker.state,
       brokerStats: broker.stats()
     }),
+    options,
+    broker
+  })
+  cores.set(fanout, {
     broker,
     hub,
     stats,
     uploads,
     options,
-    authorize: options.authorize ?? (options.uploadToken === undefined ? undefined : uploadTokenAuthorize(options.uploadToken)),
+    authorize: options.authorize ?? (tokenIdentity && ((request) => tokenIdentity(request.headers))),
     admitTextLog: () => textLog.take()
   })
+  fastify.decorateRequest('fanoutIdentity', null)
+  fastify.decorate('fanout', fanout)
 }, { name: 'fanout-core', fastify: '5.x' })

@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { ResolvedOptions } from '../lib/options.js'
 import { COUNTERS, prometheusName, type CounterName } from '../lib/stats.js'
+import { coreOf } from './fanout.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -24,7 +25,7 @@ function processMetrics (): Registry {
 
 /** `/metrics` (Prometheus text) and the periodic pino `metrics` line, from the same numbers. */
 export default fp<ResolvedOptions>(async (fastify, options) => {
-  const { stats, hub, broker } = fastify.fanout
+  const { stats, hub, broker } = coreOf(fastify)
   const registry = new Registry()
   for (const [key, help] of Object.entries(COUNTERS) as Array<[CounterName, string]>) {
     // Collected at scrape time from the plain counters the hot path bumps.

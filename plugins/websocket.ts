@@ -2,6 +2,7 @@ import websocket from '@fastify/websocket'
 import fp from 'fastify-plugin'
 import type { ResolvedOptions } from '../lib/options.js'
 import { CLOSE_GRACE_MS, CloseCode, PROTOCOL } from '../lib/protocol.js'
+import { coreOf } from './fanout.js'
 
 /** @fastify/websocket with the limits the routes rely on. */
 export default fp<ResolvedOptions>(async (fastify, options) => {
@@ -37,7 +38,7 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
       // same 503 but leave the socket open, and server.close() would then wait for it forever.
       fastify.server.close()
       fastify.server.removeAllListeners('upgrade')
-      await fastify.fanout.hub.drain(CloseCode.RESTART, 'service restart', options.drainMs)
+      await coreOf(fastify).hub.drain(CloseCode.RESTART, 'service restart', options.drainMs)
       await new Promise((resolve) => fastify.websocketServer.close(resolve))
     }
   })

@@ -4,6 +4,7 @@ import { ANONYMOUS, Refusal, type Identity } from '../lib/auth.js'
 import { InboundLimiter } from '../lib/limits.js'
 import { originAllowed } from '../lib/origins.js'
 import { CloseCode } from '../lib/protocol.js'
+import { coreOf } from '../plugins/fanout.js'
 
 const TEXT_PREVIEW = 200
 
@@ -20,7 +21,7 @@ declare module 'fastify' {
  * `authorize`) and never a socket.
  */
 export async function admitConnection (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply): Promise<void> {
-  const { hub, broker, options, stats } = this.fanout
+  const { hub, broker, options, stats, authorize } = coreOf(this)
   if (!originAllowed(request.headers.origin, request.headers.host, options.allowedOrigins)) {
     stats.handshakesRefused++
     request.log.warn({ origin: request.headers.origin }, `${kind(request)} refused: origin not allowed`)
@@ -37,7 +38,6 @@ export async function admitConnection (this: FastifyInstance, request: FastifyRe
     request.log.warn({ connections: hub.size }, `${kind(request)} refused: at MAX_CONNECTIONS`)
     return reply.code(503).header('retry-after', '5').send({ error: 'server at connection capacity, try again later' })
   }
-  const authorize = this.fanout.authorize
   if (authorize === undefined) {
     request.fanoutIdentity = ANONYMOUS
     return
@@ -62,7 +62,7 @@ const kind = (request: FastifyRequest): string => (request as { ws?: boolean }).
  * that is handled.
  */
 export function onInbound (fastify: FastifyInstance, socket: WebSocket, request: FastifyRequest, handle: (data: Buffer, isBinary: boolean) => void): void {
-  const { options, stats } = fastify.fanout
+  const { options, stats } = coreOf(fastify)
   const limiter = new InboundLimiter(options.rateMessagesPerSec, options.rateBytesPerSec, options.maxUploadBytes)
   socket.on('message', (raw: RawData, isBinary: boolean) => {
     if (socket.readyState !== socket.OPEN) return
@@ -79,9 +79,9 @@ export function onInbound (fastify: FastifyInstance, socket: WebSocket, request:
 
 /** A text message: one log line (a preview), within the replica-wide log rate. */
 export function logText (fastify: FastifyInstance, request: FastifyRequest, data: Buffer): void {
-  const { stats } = fastify.fanout
+  const { stats, admitTextLog } = coreOf(fastify)
   stats.textMessages++
-  if (!fastify.fanout.admitTextLog()) {
+  if (!admitTextLog()) {
     stats.textLogSuppressed++
     return
   }

@@ -1,11 +1,13 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ID_PATTERN } from '../lib/event.js'
-import type { Client } from '../lib/hub.js'
 import { ANONYMOUS } from '../lib/auth.js'
+import { Client } from '../lib/hub.js'
+import { originAllowed } from '../lib/origins.js'
 import { PROTOCOL } from '../lib/protocol.js'
 import { acceptsEventStream, openEventStream } from '../lib/transports/sse.js'
 import { UploadError, UploadQueue } from '../lib/uploads.js'
 import { admitConnection, logText, onInbound } from './connection.js'
+import { coreOf } from '../plugins/fanout.js'
 
 interface GuestRequest {
   Querystring: { since?: string, epoch?: string }
@@ -17,7 +19,7 @@ interface GuestRequest {
  * stream as EventSource for a GET that accepts `text/event-stream`.
  */
 export default async function guestRoutes (fastify: FastifyInstance): Promise<void> {
-  const { hub, options } = fastify.fanout
+  const { hub, options } = coreOf(fastify)
   if (options.guestPath === false) return
 
   fastify.route<GuestRequest>({
@@ -41,7 +43,11 @@ export default async function guestRoutes (fastify: FastifyInstance): Promise<vo
         return reply.code(426).header('upgrade', 'websocket')
           .send({ error: 'connect with a WebSocket, or as an EventSource (Accept: text/event-stream)' })
       }
-      const client = openEventStream(request, reply, options.allowedOrigins)
+      // The stream takes the socket over: every record is written straight to it, like a frame.
+      reply.hijack()
+      const origin = request.headers.origin
+      const crossOrigin = origin !== undefined && originAllowed(origin, request.headers.host, options.allowedOrigins)
+      const client = new Client(openEventStream(request.raw.socket, crossOrigin ? origin : undefined), true)
       client.identity = request.fanoutIdentity ?? ANONYMOUS
       hub.addClient(client)
       resumeIfAsked(fastify, client, request, request.headers['last-event-id'] ?? request.query.since)
@@ -61,7 +67,7 @@ export default async function guestRoutes (fastify: FastifyInstance): Promise<vo
 }
 
 function resumeIfAsked (fastify: FastifyInstance, client: Client, request: FastifyRequest<GuestRequest>, since: string | undefined): void {
-  const { hub, broker } = fastify.fanout
+  const { hub, broker } = coreOf(fastify)
   if (since !== undefined) {
     hub.resume(client, since, (id, notBefore) => broker.history(id, notBefore), request.query.epoch).then(
       ({ replayed, lost, clamped }) => request.log.info({ since, replayed, lost, clamped }, 'resumed'),
@@ -71,7 +77,7 @@ function resumeIfAsked (fastify: FastifyInstance, client: Client, request: Fasti
 
 /** One upload: saved, counted, logged, and acked (or refused) to a fanout.v1 client. */
 async function saveUpload (fastify: FastifyInstance, client: Client, request: FastifyRequest, data: Buffer): Promise<void> {
-  const { hub, stats, uploads, options } = fastify.fanout
+  const { hub, stats, uploads, options } = coreOf(fastify)
   try {
     if (!options.uploads) throw new UploadError('disabled', 'uploads are turned off on this server')
     if (client.identity.upload === false) throw new UploadError('unauthorized', 'this connection may not upload')

@@ -55,38 +55,44 @@ export interface TargetSettings {
   clusterNodes?: string
 }
 
+/** How the user spelled each of the four settings, for error messages. */
+export type TargetNames = Record<keyof TargetSettings, string>
+
+/** The environment's names; the plugin passes its option names. */
+export const TARGET_ENV_NAMES: TargetNames = { url: 'REDIS_URL', sentinels: 'REDIS_SENTINELS', sentinelName: 'REDIS_SENTINEL_NAME', clusterNodes: 'REDIS_CLUSTER_NODES' }
+
 /** The target the settings describe, or undefined when none is set (the in-memory broker). */
-export function redisTarget (settings: TargetSettings): RedisTarget | undefined {
+export function redisTarget (settings: TargetSettings, names: TargetNames = TARGET_ENV_NAMES): RedisTarget | undefined {
   const set = (v: string | undefined): v is string => v !== undefined && v !== ''
   const { url, sentinels, sentinelName, clusterNodes } = settings
   if (set(sentinels) && set(clusterNodes)) {
-    throw new RedisTargetError('REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set; a deployment uses one topology')
+    throw new RedisTargetError(`${names.sentinels} and ${names.clusterNodes} are both set; a deployment uses one topology`)
   }
-  if (set(sentinelName) && !set(sentinels)) throw new RedisTargetError('REDIS_SENTINEL_NAME is set without REDIS_SENTINELS')
-  if (set(url)) urlSettings(url) // checked here, so a bad URL is reported at start-up with every topology
+  if (set(sentinelName) && !set(sentinels)) throw new RedisTargetError(`${names.sentinelName} is set without ${names.sentinels}`)
+  if (set(url)) urlSettings(url, names.url) // checked here, so a bad URL is reported at start-up with every topology
   if (set(sentinels)) {
-    if (!set(sentinelName)) throw new RedisTargetError('REDIS_SENTINELS needs REDIS_SENTINEL_NAME, the name the sentinels monitor')
-    return { sentinels: parseHostPorts(sentinels, 'REDIS_SENTINELS'), name: sentinelName, ...(set(url) ? { url } : {}) }
+    if (!set(sentinelName)) throw new RedisTargetError(`${names.sentinels} needs ${names.sentinelName}, the name the sentinels monitor`)
+    return { sentinels: parseHostPorts(sentinels, names.sentinels), name: sentinelName, ...(set(url) ? { url } : {}) }
   }
   if (set(clusterNodes)) {
-    if (set(url) && (urlSettings(url).db ?? 0) !== 0) throw new RedisTargetError('REDIS_URL selects a database other than 0, which a Redis Cluster does not have')
-    return { clusterNodes: parseHostPorts(clusterNodes, 'REDIS_CLUSTER_NODES'), ...(set(url) ? { url } : {}) }
+    if (set(url) && (urlSettings(url, names.url).db ?? 0) !== 0) throw new RedisTargetError(`${names.url} selects a database other than 0, which a Redis Cluster does not have`)
+    return { clusterNodes: parseHostPorts(clusterNodes, names.clusterNodes), ...(set(url) ? { url } : {}) }
   }
   return set(url) ? { url } : undefined
 }
 
 interface UrlSettings { username?: string, password?: string, db?: number, tls?: object }
 
-function urlSettings (url: string): UrlSettings {
+function urlSettings (url: string, name = TARGET_ENV_NAMES.url): UrlSettings {
   let parsed: URL
   try {
     parsed = new URL(url)
   } catch {
-    throw new RedisTargetError('REDIS_URL is not a URL (redis://[user:password@]host[:port][/db])')
+    throw new RedisTargetError(`${name} is not a URL (redis://[user:password@]host[:port][/db])`)
   }
-  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') throw new RedisTargetError(`REDIS_URL must start with redis:// or rediss://, not ${parsed.protocol}//`)
+  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') throw new RedisTargetError(`${name} must start with redis:// or rediss://, not ${parsed.protocol}//`)
   const path = parsed.pathname.replace(/^\//, '')
-  if (path !== '' && !/^\d+$/.test(path)) throw new RedisTargetError(`REDIS_URL: the path must be a database number, got ${JSON.stringify(path)}`)
+  if (path !== '' && !/^\d+$/.test(path)) throw new RedisTargetError(`${name}: the path must be a database number, got ${JSON.stringify(path)}`)
   return {
     ...(parsed.username !== '' ? { username: decodeURIComponent(parsed.username) } : {}),
     ...(parsed.password !== '' ? { password: decodeURIComponent(parsed.password) } : {}),

@@ -1,12 +1,11 @@
 import type { Replay } from '../broker.js'
-import { compareIds, type BrokerEvent } from '../event.js'
+import { compareIds, HISTORY_PAGE, type BrokerEvent } from '../event.js'
 import { missingBetween, parseEntry, type Entry, type RawEntry, type StreamKeys } from './stream.js'
 
-export const PAGE = 500
-/** Reads kept per kind for other resuming clients (a page is PAGE events and their frames). */
+/** Reads kept per kind for other resuming clients (a page is HISTORY_PAGE events and their frames). */
 const CACHED_READS = 32
 /** Events kept by id, so every read of the same event hands out the same bytes and frame. */
-const INTERNED_EVENTS = 20 * PAGE
+const INTERNED_EVENTS = 20 * HISTORY_PAGE
 
 export interface HistoryConnection {
   fanoutReplayStart (events: string, meta: string, since: string, count: number): Promise<[Array<string | null>, RawEntry[], RawEntry[]]>
@@ -32,7 +31,7 @@ export class HistoryReader {
     let tail = start.tail
     let lost = start.lost
     let first: BrokerEvent[] | undefined = start.page.map((e) => e.event)
-    let done = start.page.length < PAGE
+    let done = start.page.length < HISTORY_PAGE
     const next = async (): Promise<BrokerEvent[]> => {
       if (first) {
         const page = first
@@ -41,8 +40,8 @@ export class HistoryReader {
       }
       if (done || tail === undefined) return []
       const from = tail
-      const entries = await this.#shared(this.#pages, from.id, notBefore, () => this.#readPage(from.id), (page) => page.length === PAGE)
-      done = entries.length < PAGE
+      const entries = await this.#shared(this.#pages, from.id, notBefore, () => this.#readPage(from.id), (page) => page.length === HISTORY_PAGE)
+      done = entries.length < HISTORY_PAGE
       if (entries.length > 0) {
         // Trimmed while this replay was being written: what fell between the pages is gone.
         if (missingBetween(from, entries[0]) > 0) lost = true
@@ -62,7 +61,7 @@ export class HistoryReader {
 
   async #readStart (since: string): Promise<ReplayStart> {
     const k = this.keys
-    const [[epochOrNull, start, last], beforeRaw, pageRaw] = await this.redis().fanoutReplayStart(k.events, k.meta, since, PAGE)
+    const [[epochOrNull, start, last], beforeRaw, pageRaw] = await this.redis().fanoutReplayStart(k.events, k.meta, since, HISTORY_PAGE)
     const epoch = epochOrNull ?? undefined
     const page = pageRaw.map((raw) => this.#intern(raw))
     const before = beforeRaw.length > 0 ? parseEntry(beforeRaw[0]) : undefined
@@ -85,7 +84,7 @@ export class HistoryReader {
   }
 
   async #readPage (after: string): Promise<Entry[]> {
-    return (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', PAGE)).map((raw) => this.#intern(raw))
+    return (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', HISTORY_PAGE)).map((raw) => this.#intern(raw))
   }
 
   /**

@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { compareIds, encodeBody, type EventBody } from '../event.js'
-import { newEpoch } from '../memory-broker.js'
+import { compareIds, encodeBody, newEpoch, type EventBody } from '../event.js'
 import { delay, retryDelay } from './retry.js'
 import type { StreamKeys } from './stream.js'
 import type { BrokerLog, RedisCounters } from './log.js'

@@ -1,6 +1,5 @@
 import type { BrokerListener, Gap } from '../broker.js'
-import { compareIds, epochOf, idOf } from '../event.js'
-import { PAGE } from './history.js'
+import { compareIds, epochOf, HISTORY_PAGE, idOf } from '../event.js'
 import { parseEntry, type Entry, type RawEntry, type StreamKeys } from './stream.js'
 import type { BrokerLog, RedisCounters } from './log.js'
 import { delay, retryDelay } from './retry.js'
@@ -119,9 +118,9 @@ export class Subscription {
     let count = 0
     for (;;) {
       const after = this.#position?.lastId ?? '0-0'
-      const page = (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', PAGE)).map(parseEntry)
+      const page = (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', HISTORY_PAGE)).map(parseEntry)
       for (const entry of page) if (this.#accept(entry, false)) count++
-      if (page.length < PAGE) return count
+      if (page.length < HISTORY_PAGE) return count
     }
   }
 

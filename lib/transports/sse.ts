@@ -1,11 +1,9 @@
 // EventSource (Server-Sent Events, WHATWG HTML §9.2) as a hub transport: the same events as the
 // WebSocket, as `id:`/`data:` records, written straight to the TCP socket like WebSocket frames.
 import type { Socket } from 'node:net'
-import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { BrokerEvent } from '../event.js'
-import { Client, type Transport } from '../hub.js'
-import { originAllowed } from '../origins.js'
 import { CLOSE_GRACE_MS } from '../protocol.js'
+import type { Transport } from './transport.js'
 
 declare module '../event.js' {
   interface BrokerEvent {
@@ -35,6 +33,7 @@ export function acceptsEventStream (accept: string | undefined): boolean {
 
 class EventStreamTransport implements Transport {
   readonly answersPings = false
+  readonly joinsTurns = false
   #ending = false
 
   constructor (readonly raw: Socket) {}
@@ -61,20 +60,16 @@ class EventStreamTransport implements Transport {
 }
 
 /**
- * Takes the request's socket over and starts the stream: the response has no length and no
- * chunked encoding, it lasts until the connection closes, so every record goes out as the same
- * bytes to every client. A cross-origin page admitted by `allowedOrigins` gets its CORS header.
+ * Starts the stream on a socket the caller has taken over from its HTTP server: the response has
+ * no length and no chunked encoding, it lasts until the connection closes, so every record goes
+ * out as the same bytes to every client. `allowOrigin`: a cross-origin page's origin, admitted by
+ * the caller, that gets its CORS header.
  */
-export function openEventStream (request: FastifyRequest, reply: FastifyReply, allowedOrigins: readonly string[]): Client {
-  reply.hijack()
-  const raw = request.raw.socket
-  const origin = request.headers.origin
-  const cors = origin !== undefined && originAllowed(origin, request.headers.host, allowedOrigins)
-    ? `Access-Control-Allow-Origin: ${origin}\r\nVary: Origin\r\n`
-    : ''
+export function openEventStream (raw: Socket, allowOrigin: string | undefined): Transport {
+  const cors = allowOrigin === undefined ? '' : `Access-Control-Allow-Origin: ${allowOrigin}\r\nVary: Origin\r\n`
   raw.setNoDelay(true)
   raw.setTimeout(0)
   raw.write('HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store\r\n' +
     `Connection: close\r\nX-Accel-Buffering: no\r\n${cors}\r\n:\n\n`)
-  return new Client(new EventStreamTransport(raw), true)
+  return new EventStreamTransport(raw)
 }

@@ -13,6 +13,7 @@ import t, { type Test } from 'tap'
 import { refuse } from '../../app.js'
 import { build, connect, tempDir, type TestClient } from '../support/helper.js'
 import { HandshakeRefused, RawClient } from '../support/raw-ws.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 const exec = promisify(execFile)
 type Tap = Parameters<typeof tempDir>[0]
@@ -52,8 +53,8 @@ t.test('authorize refuses with 401 or 403 and its reason, before the upgrade; Ev
   const banned = await fetch(`${url}/guest`, { headers: { accept: 'text/event-stream', authorization: 'Bearer token-eve' } })
   t.equal(banned.status, 403)
   t.same(await banned.json(), { error: 'banned' })
-  t.equal(app.fanout.hub.size, 0, 'no connection was opened')
-  t.equal(app.fanout.stats.handshakesRefused, 5, 'each refusal counted')
+  t.equal(coreOf(app).hub.size, 0, 'no connection was opened')
+  t.equal(coreOf(app).stats.handshakesRefused, 5, 'each refusal counted')
   t.match(logs.find('websocket refused by authorize'), [{ status: 401, reason: 'a token is required' }, { status: 403, reason: 'banned' }, { status: 401 }])
   t.equal(logs.find('event stream refused by authorize').length, 2)
 })
@@ -62,7 +63,7 @@ t.test('an accepted identity stays with the connection: logs, upload names, its 
   const { app, ws, uploadDir, logs } = await build(t, { authorize })
   const alice = await connect(t, `${ws}/guest`, { protocols: ['fanout.v1'], headers: { Authorization: 'Bearer token-alice' } })
   const bob = await connect(t, `${ws}/guest`, { protocols: ['fanout.v1'], headers: { Authorization: 'Bearer token-bob' } })
-  t.same([...app.fanout.hub.clients].map((c) => c.identity.id).sort(), ['alice', 'bob'], 'client.identity')
+  t.same([...coreOf(app).hub.clients].map((c) => c.identity.id).sort(), ['alice', 'bob'], 'client.identity')
 
   alice.socket.send(Buffer.from('from alice'))
   await alice.until((c) => c.json('ack').length === 1)
@@ -111,7 +112,7 @@ t.test('concurrent uploads against a quota never overshoot it; the refused get q
   t.ok(answers.filter((a) => a.type === 'error').every((e) => e.code === 'quota'), 'the others: quota')
   const total = await checkDir(t, uploadDir, acks)
   t.ok(total <= quota, `${total} bytes on disk, within the quota`)
-  t.equal(app.fanout.uploads.usedBytes, total, 'the store counts what is on disk')
+  t.equal(coreOf(app).uploads.usedBytes, total, 'the store counts what is on disk')
 
   // The quota counts what was already there when the server started.
   const again = await build(t, { uploadQuotaBytes: quota, uploadDir })
@@ -164,7 +165,7 @@ t.test('concurrent uploads on a small tmpfs never eat into the free-space floor'
 
 t.test('uploadToken is an authorize: everyone streams, only the token uploads', async (t) => {
   const { app, ws } = await build(t, { uploadToken: 'secret-token' })
-  t.type(app.fanout.authorize, 'function')
+  t.type(coreOf(app).authorize, 'function')
   const plain = await connect(t, `${ws}/guest`, { protocols: ['fanout.v1'] })
   t.match(await upload(plain, Buffer.from('x')), { code: 'unauthorized' })
   const holder = await connect(t, `${ws}/guest`, { protocols: ['fanout.v1'], headers: { Authorization: 'Bearer secret-token' } })

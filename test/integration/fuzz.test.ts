@@ -8,6 +8,7 @@ import { runInNewContext } from 'node:vm'
 import t from 'tap'
 import { build, connect, holds, waitFor } from '../support/helper.js'
 import { closePayload, encodeFrame, Opcode, RawClient, servesNewClient } from '../support/raw-ws.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed5)
 const CONNECTIONS = 2000
@@ -179,19 +180,19 @@ t.test(`random and mutated frames (seed ${SEED}) do not crash, leak or wedge the
     return process.memoryUsage().heapUsed
   }
   await fuzz(CONNECTIONS / 5) // warm-up: every code path loaded, every pool allocated
-  await waitFor(() => app.fanout.hub.size === 0, 10_000, 'the warm-up connections to go')
+  await waitFor(() => coreOf(app).hub.size === 0, 10_000, 'the warm-up connections to go')
   const before = heapAfterGc()
   await fuzz(CONNECTIONS)
-  const hubEmptied = await holds(() => app.fanout.hub.size === 0, 30_000)
+  const hubEmptied = await holds(() => coreOf(app).hub.size === 0, 30_000)
   const after = heapAfterGc()
   t.comment(`close codes: ${JSON.stringify(Object.fromEntries([...closeCodes].sort()))}`)
   t.comment(`${cases} cases over ${CONNECTIONS + CONNECTIONS / 5} connections; heap ${(before / 2 ** 20).toFixed(1)} MiB -> ${(after / 2 ** 20).toFixed(1)} MiB; ` +
-    `${app.fanout.stats.uploads} uploads, ${app.fanout.stats.textMessages} text messages got through`)
+    `${coreOf(app).stats.uploads} uploads, ${coreOf(app).stats.textMessages} text messages got through`)
 
   t.equal(refusedHandshakes, 0, 'every handshake was admitted')
   t.same(unexplained, [], 'every connection was closed with its own code or the one it sent, or was still owed bytes')
   t.ok((closeCodes.get('1002') ?? 0) > 0 && (closeCodes.get('1007') ?? 0) > 0, 'protocol errors (1002) and bad UTF-8 (1007) among them')
-  t.ok(hubEmptied, `every fuzz connection left the hub (${app.fanout.hub.size} left)`)
+  t.ok(hubEmptied, `every fuzz connection left the hub (${coreOf(app).hub.size} left)`)
   t.ok(after - before < 4 * 2 ** 20, `the heap did not grow (${((after - before) / 2 ** 20).toFixed(1)} MiB)`)
   t.same(errorLines, [], 'nothing was logged as an error')
   t.notOk((await readdir(uploadDir)).some((f) => f.startsWith('.')), 'no temp file left behind')

@@ -3,6 +3,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { build, connect, waitFor } from '../support/helper.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 t.test('every client gets every event, in the same order', async (t) => {
   const { app, ws } = await build(t)
@@ -47,7 +48,7 @@ t.test('a message over maxUploadBytes is closed with 1009 and nothing is written
   client.socket.send(Buffer.alloc(1025, 1))
   t.equal((await client.closed).code, 1009)
   t.same(await readdir(uploadDir), [], 'no file, no temp file')
-  t.equal(app.fanout.stats.uploads, 0)
+  t.equal(coreOf(app).stats.uploads, 0)
   t.same(client.json('ack'), [])
 
   // The limit is inclusive: exactly maxUploadBytes is an upload.
@@ -61,7 +62,7 @@ t.test('origins: a foreign page is refused at the handshake; same origin and non
   const { ws, url, port, app, logs } = await build(t)
   const foreign = await connect(t, `${ws}/guest`, { headers: { origin: 'http://evil.example' }, open: false })
   await t.rejects(foreign.opened, /unexpected response 403/, 'refused with 403, no socket')
-  t.equal(app.fanout.hub.size, 0)
+  t.equal(coreOf(app).hub.size, 0)
   t.equal(logs.find('websocket refused: origin not allowed').length, 1)
   const fileScheme = await connect(t, `${ws}/guest`, { headers: { origin: 'null' }, open: false })
   await t.rejects(fileScheme.opened, /unexpected response 403/, 'file:// pages only when listed')
@@ -70,7 +71,7 @@ t.test('origins: a foreign page is refused at the handshake; same origin and non
 
   await connect(t, `${ws}/guest`, { headers: { origin: url } })
   await connect(t, `${ws}/guest`)
-  t.equal(app.fanout.hub.size, 2, 'same origin and no Origin admitted')
+  t.equal(coreOf(app).hub.size, 2, 'same origin and no Origin admitted')
 })
 
 t.test('allowedOrigins: null admits file:// pages; listed origins are admitted', async (t) => {
@@ -120,7 +121,7 @@ t.test('a malformed since is refused with 400 before the upgrade', async (t) => 
     const client = await connect(t, `${ws}/guest?since=${since}`, { open: false })
     await t.rejects(client.opened, /unexpected response 400/, `since=${since}`)
   }
-  t.equal(app.fanout.hub.size, 0)
+  t.equal(coreOf(app).hub.size, 0)
 })
 
 t.test('/ask: a greeting, then one fresh guest event per text message, to that client alone', async (t) => {
@@ -169,7 +170,7 @@ t.test('a plain client never gets control messages, and its upload is still save
   }, 10_000, 'the upload')
   t.same(await readFile(join(uploadDir, name)), png)
   // An event after the save: had an ack been sent, it would have arrived first.
-  await waitFor(() => app.fanout.stats.uploads === 1)
+  await waitFor(() => coreOf(app).stats.uploads === 1)
   const id = await app.fanout.publish({ type: 'guest', guest: '周杰', time: '12:00:00', ts: Date.now() })
   await plain.until((c) => c.messages.length > 0)
   t.same(plain.json().map((m) => [m.type, m.id]), [['guest', id]], 'only the event, no ack')
@@ -229,7 +230,7 @@ t.test('a replay far larger than maxBufferedBytes reaches a reading client whole
   ids.push(await live)
   await client.until((c) => c.events().length === ids.length, 20_000, 'the replay and the live event')
   t.same(client.events().map((e) => e.id), ids, 'every event once, in order')
-  t.equal(app.fanout.stats.slowConsumerDrops, 0, 'not cut off as a slow consumer')
+  t.equal(coreOf(app).stats.slowConsumerDrops, 0, 'not cut off as a slow consumer')
   t.match(client.json('resume')[0], { replayed: 1500, lost: false })
 })
 
@@ -239,5 +240,5 @@ t.test('one event larger than maxBufferedBytes still reaches idle clients', asyn
   const id = await app.fanout.publish({ type: 'news', text: '长'.repeat(10_000) })
   for (const client of clients) await client.until((c) => c.json('news').length === 1)
   for (const client of clients) t.equal(client.json('news')[0].id, id)
-  t.equal(app.fanout.stats.slowConsumerDrops, 0)
+  t.equal(coreOf(app).stats.slowConsumerDrops, 0)
 })

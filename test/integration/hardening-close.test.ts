@@ -5,6 +5,7 @@
 import t from 'tap'
 import { connect, build, waitFor } from '../support/helper.js'
 import { encodeFrame, HandshakeRefused, Opcode, RawClient } from '../support/raw-ws.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 const BREAKAGES: Array<[string, (raw: RawClient) => void]> = [
   ['a protocol error (unmasked frame)', (raw) => raw.send({ opcode: Opcode.TEXT, payload: 'x', mask: false })],
@@ -16,7 +17,7 @@ const BREAKAGES: Array<[string, (raw: RawClient) => void]> = [
 t.test('twenty peers that break the protocol and never answer the close: a good client is admitted within 2 s', async (t) => {
   const { app, ws, port } = await build(t, { maxConnections: 20, maxUploadBytes: 1024, rateMessagesPerSec: 5 })
   const peers = await Promise.all(Array.from({ length: 20 }, () => RawClient.open(t, port)))
-  t.equal(app.fanout.hub.size, 20, 'every slot taken')
+  t.equal(coreOf(app).hub.size, 20, 'every slot taken')
   const refused = await RawClient.open(t, port).then(() => undefined, (err: Error) => err)
   t.equal(refused instanceof HandshakeRefused && refused.status, 503, 'the 21st is refused with 503')
 
@@ -34,8 +35,8 @@ t.test('twenty peers that break the protocol and never answer the close: a good 
   const elapsed = Date.now() - started
   t.ok(admitted, 'a good client got in')
   t.ok(elapsed < 2000, `within 2 s of the breakage (${elapsed} ms)`)
-  await waitFor(() => app.fanout.hub.size === 1, 3000, 'the broken peers to be gone from the hub')
-  t.equal(app.fanout.stats.rateLimited, 5, 'the rate-limited ones were counted')
+  await waitFor(() => coreOf(app).hub.size === 1, 3000, 'the broken peers to be gone from the hub')
+  t.equal(coreOf(app).stats.rateLimited, 5, 'the rate-limited ones were counted')
   const id = await app.fanout.publish({ type: 'news', text: 'still serving' })
   await admitted?.until((c) => c.json('news').some((e) => e.id === id), 5000, 'an event')
 })
@@ -50,7 +51,7 @@ t.test('each breakage alone: the silent peer\'s connection is gone from the serv
     peer.socket.on('end', () => {})
     const started = Date.now()
     breakIt(peer)
-    await waitFor(() => app.fanout.hub.size === 0, 5000, `${name}: the connection to go`)
+    await waitFor(() => coreOf(app).hub.size === 0, 5000, `${name}: the connection to go`)
     const elapsed = Date.now() - started
     t.ok(elapsed < 2000, `${name}: gone after ${elapsed} ms`)
     peer.destroy()

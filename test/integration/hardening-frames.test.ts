@@ -4,6 +4,7 @@ import { readdir } from 'node:fs/promises'
 import t from 'tap'
 import { build, connect, holds } from '../support/helper.js'
 import { closePayload, encodeFrame, Opcode, RawClient, Rsv, servesNewClient, type FrameSpec } from '../support/raw-ws.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 t.test('a message over maxPayload is closed with 1009 and nothing reaches the disk', async (t) => {
   const { app, ws, port, uploadDir } = await build(t, { maxUploadBytes: 1024 })
@@ -22,7 +23,7 @@ t.test('a message over maxPayload is closed with 1009 and nothing reaches the di
   t.equal((await huge.closed).code, 1009)
 
   t.same(await readdir(uploadDir), [], 'no file and no temp file')
-  t.equal(app.fanout.stats.uploads, 0)
+  t.equal(coreOf(app).stats.uploads, 0)
   t.ok(await servesNewClient(t, app, ws), 'a new client is served')
 })
 
@@ -45,7 +46,7 @@ t.test('invalid UTF-8 is closed with 1007', async (t) => {
     await raw.ended
     t.ok(await servesNewClient(t, app, ws), `serves on after invalid UTF-8 ${name}`)
   }
-  t.equal(app.fanout.stats.textMessages, 0, 'none of it reached the text log')
+  t.equal(coreOf(app).stats.textMessages, 0, 'none of it reached the text log')
 })
 
 t.test('protocol errors are closed with 1002', async (t) => {
@@ -75,8 +76,8 @@ t.test('protocol errors are closed with 1002', async (t) => {
     await raw.ended
     t.ok(await servesNewClient(t, app, ws), `serves on after ${name}`)
   }
-  t.equal(app.fanout.stats.textMessages, 0, 'no malformed frame was taken for a message')
-  t.ok(await holds(() => app.fanout.hub.size === 0), 'every refused connection is gone from the hub')
+  t.equal(coreOf(app).stats.textMessages, 0, 'no malformed frame was taken for a message')
+  t.ok(await holds(() => coreOf(app).hub.size === 0), 'every refused connection is gone from the hub')
 })
 
 t.test('frames that are legal but unusual are accepted', async (t) => {
@@ -89,7 +90,7 @@ t.test('frames that are legal but unusual are accepted', async (t) => {
   raw.send({ opcode: Opcode.CLOSE, payload: closePayload(1000, 'bye') })
   t.equal((await raw.closed).code, 1000)
   t.ok(raw.frames.some((f) => f.opcode === Opcode.PONG && f.payload.toString() === 'between'), 'the ping got its pong')
-  t.equal(app.fanout.stats.textMessages, 1)
+  t.equal(coreOf(app).stats.textMessages, 1)
 })
 
 t.test('a message split into too many fragments is closed with 1008 (ws maxFragments)', async (t) => {
@@ -100,7 +101,7 @@ t.test('a message split into too many fragments is closed with 1008 (ws maxFragm
   for (let i = 0; i < 20_000; i++) fragments.push(encodeFrame({ opcode: Opcode.CONTINUATION, fin: false, payload: 'x' }))
   raw.write(Buffer.concat(fragments))
   t.equal((await raw.closed).code, 1008)
-  t.equal(app.fanout.stats.uploads, 0)
+  t.equal(coreOf(app).stats.uploads, 0)
   t.ok(await servesNewClient(t, app, ws), 'a new client is served')
 })
 

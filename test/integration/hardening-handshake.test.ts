@@ -4,6 +4,7 @@ import { readdir } from 'node:fs/promises'
 import t from 'tap'
 import { build, connect, startServer, run, waitFor, type TestClient } from '../support/helper.js'
 import { handshakeStatus, HandshakeRefused, RawClient, servesNewClient } from '../support/raw-ws.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 const PNG = Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'), Buffer.alloc(64, 7)])
 const TOKEN = 'upl0ad-Secret.token~42'
@@ -25,8 +26,8 @@ t.test('a foreign Origin is refused with 403 before the upgrade', async (t) => {
   const askRefused = await refusal(RawClient.open(t, port, { path: '/ask', headers: { Origin: 'https://evil.example' } }))
   t.equal(askRefused.status, 403, '/ask too')
   t.equal((await refusal(RawClient.open(t, port, { headers: { Origin: 'null' } }))).status, 403, 'file:// pages only when listed')
-  t.equal(app.fanout.stats.handshakesRefused, 3)
-  t.equal(app.fanout.hub.size, 0)
+  t.equal(coreOf(app).stats.handshakesRefused, 3)
+  t.equal(coreOf(app).hub.size, 0)
 
   t.equal(await handshakeStatus(t, port, { headers: { Origin: `http://127.0.0.1:${port}` } }), 101, 'the same origin is admitted')
   t.equal(await handshakeStatus(t, port), 101, 'a client without Origin (not a browser) is admitted')
@@ -43,7 +44,7 @@ t.test('listed origins, null and * are admitted', async (t) => {
   for (const origin of ['https://evil.example', 'null', 'http://localhost:1']) {
     t.equal(await handshakeStatus(t, any.port, { headers: { Origin: origin } }), 101, `* admits ${origin}`)
   }
-  t.equal(any.app.fanout.stats.handshakesRefused, 0)
+  t.equal(coreOf(any.app).stats.handshakesRefused, 0)
 })
 
 t.test('with an upload token, only connections that presented it may upload', async (t) => {
@@ -61,7 +62,7 @@ t.test('with an upload token, only connections that presented it may upload', as
   t.match(wrong.json('error'), [{ code: 'unauthorized' }], 'a wrong token is no token')
   t.same(await readdir(uploadDir), [], 'no file, no temp file')
   without.socket.send('text still works without the token')
-  await waitFor(() => app.fanout.stats.textMessages === 1)
+  await waitFor(() => coreOf(app).stats.textMessages === 1)
 
   const bearer = await connect(t, `${ws}/guest`, { protocols: ['fanout.v1'], headers: { Authorization: `Bearer ${TOKEN}` } })
   await upload(bearer, 1)
@@ -72,8 +73,8 @@ t.test('with an upload token, only connections that presented it may upload', as
   t.equal(subprotocol.json('ack').length, 1, 'subprotocol fanout.token.<token>')
   const files = await readdir(uploadDir)
   t.same(files.sort(), [bearer.json('ack')[0].id, subprotocol.json('ack')[0].id].sort())
-  t.equal(app.fanout.stats.uploads, 2)
-  t.equal(app.fanout.stats.uploadErrors, 2)
+  t.equal(coreOf(app).stats.uploads, 2)
+  t.equal(coreOf(app).stats.uploadErrors, 2)
 
   t.ok(logs.lines.some((l) => l.msg === 'upload refused' && l.code === 'unauthorized'), 'the refusal is logged')
   t.notOk(JSON.stringify(logs.lines).includes(TOKEN), 'the token appears in no log line')
@@ -107,17 +108,17 @@ t.test('beyond maxConnections the handshake gets 503; a freed slot admits again'
   const first = await connect(t, `${ws}/guest`)
   await connect(t, `${ws}/guest`)
   await connect(t, `${ws}/ask`)
-  t.equal(app.fanout.hub.size, 3)
+  t.equal(coreOf(app).hub.size, 3)
   const refused = await refusal(RawClient.open(t, port))
   t.equal(refused.status, 503)
   t.equal(refused.headers['retry-after'], '5')
   t.equal((await refusal(RawClient.open(t, port, { path: '/ask' }))).status, 503, '/ask shares the cap')
   const fourth = await connect(t, `${ws}/guest`, { open: false })
   await t.rejects(fourth.opened, /unexpected response 503/, 'a ws client sees the 503 too')
-  t.equal(app.fanout.stats.handshakesRefused, 3)
+  t.equal(coreOf(app).stats.handshakesRefused, 3)
 
   first.socket.close()
   await first.closed
-  await waitFor(() => app.fanout.hub.size === 2, 10_000, 'the slot to free')
+  await waitFor(() => coreOf(app).hub.size === 2, 10_000, 'the slot to free')
   t.ok(await servesNewClient(t, app, ws), 'a new client is admitted and served')
 })

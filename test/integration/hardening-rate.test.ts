@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { build, connect, holds, waitFor, type LogCapture } from '../support/helper.js'
 import { encodeFrame, Opcode, RawClient, servesNewClient } from '../support/raw-ws.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 /** The `received: …` lines, and the most of them any one second holds. */
 function receivedLines (logs: LogCapture): { count: number, busiestSecond: number } {
@@ -20,7 +21,7 @@ function receivedLines (logs: LogCapture): { count: number, busiestSecond: numbe
 t.test('a flood of 20,000 messages is closed with 1008; the others are served throughout', async (t) => {
   const textLogPerSec = 20
   const { app, ws, logs } = await build(t, { textLogPerSec })
-  const { stats } = app.fanout
+  const { stats } = coreOf(app)
   const observer = await connect(t, `${ws}/guest`)
   const flooder = await connect(t, `${ws}/guest`, { protocols: ['fanout.v1'] })
   const started = Date.now()
@@ -49,7 +50,7 @@ t.test('a flood of 20,000 messages is closed with 1008; the others are served th
   t.ok(busiestSecond <= 2 * textLogPerSec, `at most a burst and a second's rate in any second (${busiestSecond})`)
   t.equal(count + stats.textLogSuppressed, stats.textMessages, 'every text message is logged or counted as suppressed')
   t.ok(logs.find('websocket closed: inbound rate limit exceeded').length === 1, 'the cut-off is logged once')
-  t.ok(await holds(() => app.fanout.hub.size === 1), 'the flooder left the hub')
+  t.ok(await holds(() => coreOf(app).hub.size === 1), 'the flooder left the hub')
 })
 
 t.test('a flooder that never answers the close frame loses its connection within seconds, not 30', async (t) => {
@@ -57,9 +58,9 @@ t.test('a flooder that never answers the close frame loses its connection within
   const flooder = await RawClient.open(t, port, { path: '/guest' })
   flooder.stall() // reads nothing more, so it never sees the 1008 nor answers it
   for (let i = 0; i < 100; i++) flooder.send({ opcode: Opcode.TEXT, payload: Buffer.from(`flood ${i}`) })
-  t.ok(await holds(() => app.fanout.stats.rateLimited === 1), 'the rate limit tripped')
+  t.ok(await holds(() => coreOf(app).stats.rateLimited === 1), 'the rate limit tripped')
   // ws alone would hold it until its 30 s close timeout; the server drops it 1 s after the close.
-  t.ok(await holds(() => app.fanout.hub.size === 0, 15_000), 'the connection is gone well before 30 s')
+  t.ok(await holds(() => coreOf(app).hub.size === 0, 15_000), 'the connection is gone well before 30 s')
 })
 
 t.test('a flood of bytes is closed with 1008 too', async (t) => {
@@ -68,7 +69,7 @@ t.test('a flood of bytes is closed with 1008 too', async (t) => {
   // 10 messages of 8 KiB fit the 64 KiB burst; 20 do not.
   for (let i = 0; i < 20; i++) client.socket.send(`${i} ${'x'.repeat(8 * 1024)}`)
   t.equal((await client.closed).code, 1008)
-  t.equal(app.fanout.stats.rateLimited, 1)
+  t.equal(coreOf(app).stats.rateLimited, 1)
 })
 
 t.test('the byte burst always admits one MAX_UPLOAD_BYTES message, however low the byte rate', async (t) => {
@@ -82,13 +83,13 @@ t.test('the byte burst always admits one MAX_UPLOAD_BYTES message, however low t
   // The burst was that one message: a second at once is over the byte rate.
   client.socket.send(Buffer.alloc(maxUploadBytes, 6))
   t.equal((await client.closed).code, 1008, 'a second one right after is refused with 1008')
-  t.equal(app.fanout.stats.rateLimited, 1)
+  t.equal(coreOf(app).stats.rateLimited, 1)
 })
 
 t.test('many clients, each within its limit, are never closed; the log is sampled', async (t) => {
   const textLogPerSec = 10
   const { app, ws, logs } = await build(t, { rateMessagesPerSec: 50, textLogPerSec })
-  const { stats } = app.fanout
+  const { stats } = coreOf(app)
   const clients = await Promise.all(Array.from({ length: 10 }, () => connect(t, `${ws}/guest`)))
   const started = Date.now()
   // Each sends 20 a second for 2 s: well within 50 a second, but 200 a second for the one log.
@@ -112,7 +113,7 @@ t.test('a long text message is logged truncated', async (t) => {
   const { app, ws, logs } = await build(t)
   const client = await connect(t, `${ws}/guest`)
   client.socket.send('y'.repeat(100_000))
-  await waitFor(() => app.fanout.stats.textMessages === 1)
+  await waitFor(() => coreOf(app).stats.textMessages === 1)
   const [line] = logs.find(/^received: /)
   t.ok((line.msg as string).length < 300, `the line holds ${(line.msg as string).length} characters`)
   t.equal(line.bytes, 100_000, 'with the size it had')
@@ -122,13 +123,13 @@ t.test('a ping flood from a peer that does not read its pongs is cut off', async
   const { app, ws, port } = await build(t)
   const raw = await RawClient.open(t, port)
   raw.stall()
-  await waitFor(() => app.fanout.hub.size === 1)
+  await waitFor(() => coreOf(app).hub.size === 1)
   // ws answers each ping itself; past 60 pongs not yet written (maxPendingAutoPongs) it terminates.
   const pings = Buffer.concat(Array.from({ length: 1000 }, () => encodeFrame({ opcode: Opcode.PING, payload: Buffer.alloc(125) })))
-  for (let i = 0; i < 20 && app.fanout.hub.size > 0; i++) {
+  for (let i = 0; i < 20 && coreOf(app).hub.size > 0; i++) {
     raw.write(pings)
     await sleep(10)
   }
-  t.ok(await holds(() => app.fanout.hub.size === 0), 'the connection is gone')
+  t.ok(await holds(() => coreOf(app).hub.size === 0), 'the connection is gone')
   t.ok(await servesNewClient(t, app, ws), 'a new client is served')
 })

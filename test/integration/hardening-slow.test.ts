@@ -3,6 +3,7 @@
 // replica's memory stays bounded however many stall.
 import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { coreOf } from '../../plugins/fanout.js'
 import t from 'tap'
 import { compareIds } from '../../lib/event.js'
 import { build, connect, holds, httpStatus, metricValue, startRedis, startServer, startWorker, waitFor, type TestClient } from '../support/helper.js'
@@ -81,7 +82,7 @@ t.test('stalled readers are cut off while the worker pours events out; memory st
 t.test('in process: a cut-off client is closed, its socket destroyed and its buffer freed', async (t) => {
   const maxBufferedBytes = 256 * 1024
   const { app, ws, port } = await build(t, { maxBufferedBytes })
-  const { hub, stats } = app.fanout
+  const { hub, stats } = coreOf(app)
   const reader = await connect(t, `${ws}/guest`)
   await waitFor(() => hub.size === 1)
   const [readerOnServer] = hub.clients

@@ -10,9 +10,10 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
-import type { WebSocketTransport } from '../../lib/hub.js'
+import type { WebSocketTransport } from '../../lib/transports/websocket.js'
 import { ownPath } from '../support/children.js'
 import { build, connect, missing, run, startServer, tempDir, type TestClient } from '../support/helper.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 const exec = promisify(execFile)
 const PNG = Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'), Buffer.alloc(64, 7)])
@@ -71,7 +72,7 @@ t.test('a full disk: the upload is refused with disk_full and leaves nothing beh
   t.same(await readdir(dir), [], 'no file and no temp file')
   const fs = await statfs(dir)
   t.equal(fs.bfree, fs.blocks, 'the space the temp file took is free again')
-  t.equal(app.fanout.stats.uploadErrors, 1)
+  t.equal(coreOf(app).stats.uploadErrors, 1)
 
   const small = await upload(client, PNG)
   t.match(small, { type: 'ack' }, 'a small upload afterwards still works')
@@ -86,7 +87,7 @@ t.test('a free-space floor refuses the upload before anything is written', { ski
   const refused = await upload(client, PNG)
   t.match(refused, { type: 'error', code: 'disk_full', message: /keeps 2097152 bytes free/ })
   t.same(await readdir(dir), [])
-  t.equal(app.fanout.stats.uploads, 0)
+  t.equal(coreOf(app).stats.uploads, 0)
 })
 
 t.test('a write past the file-size limit (EFBIG) is refused with too_big and leaves nothing', { skip: missing('prlimit') }, async (t) => {
@@ -154,7 +155,7 @@ t.test('concurrent uploads from many clients each land whole, with no temp file 
 t.test('while an upload is written the sender is paused; every upload still lands, acked in order', async (t) => {
   const { app, ws, uploadDir } = await build(t, { rateBytesPerSec: 64 * 1024 * 1024, rateMessagesPerSec: 1000 })
   const client = await connect(t, `${ws}/guest`, { protocols: ['fanout.v1'] })
-  const [{ transport }] = [...app.fanout.hub.clients]
+  const [{ transport }] = [...coreOf(app).hub.clients]
   const server = transport as WebSocketTransport
   let sawPaused = false
   const watch = setInterval(() => { sawPaused ||= server.ws.isPaused }, 1)

@@ -6,7 +6,8 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { WebSocket, WebSocketServer } from 'ws'
 import type { BrokerEvent } from '../../lib/event.js'
-import { Hub, type Client, type WebSocketTransport } from '../../lib/hub.js'
+import { Hub, type Client } from '../../lib/hub.js'
+import type { WebSocketTransport } from '../../lib/transports/websocket.js'
 import { Stats } from '../../lib/stats.js'
 import { waitFor } from '../support/helper.js'
 
@@ -70,10 +71,10 @@ t.test('a message for one client is written after the events delivered before it
   const { hub, clients, received } = await setUp(t, 2)
   hub.deliver(event('1-0'))
   hub.deliver(event('2-0'))
-  hub.sendJson(clients[0], { type: 'note' })
+  hub.sendJson(clients[0], { type: 'gap', after: '2-0', lost: 1, reason: 'trimmed' })
   hub.deliver(event('3-0'))
   await waitFor(() => received[0].length === 4 && received[1].length === 3, 5000, 'all received')
-  t.same(ids(received[0]), ['1-0', '2-0', 'note', '3-0'])
+  t.same(ids(received[0]), ['1-0', '2-0', 'gap', '3-0'])
   t.same(ids(received[1]), ['1-0', '2-0', '3-0'], 'the other client gets the events alone')
 })
 

@@ -4,6 +4,7 @@ import Fastify from 'fastify'
 import t from 'tap'
 import fanout from '../../app.js'
 import { build, connect, httpStatus, tempDir } from '../support/helper.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 /** The plugin as an app registers it: no test defaults, only what is passed. */
 async function embedded (t: Parameters<typeof tempDir>[0], options: Parameters<typeof fanout>[1] = {}, setup?: (app: ReturnType<typeof Fastify>) => void) {
@@ -32,7 +33,7 @@ t.test('embedded defaults: the stream only, so the app keeps its own /, /metrics
   client.socket.send(Buffer.from('a file'))
   await client.until((c) => c.json('error').length === 1)
   t.match(client.json('error')[0], { type: 'error', code: 'disabled' }, 'uploads are off: told so')
-  t.equal(app.fanout.stats.uploads, 0)
+  t.equal(coreOf(app).stats.uploads, 0)
 })
 
 t.test('every route renamed', async (t) => {

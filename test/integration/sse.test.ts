@@ -3,6 +3,7 @@
 import { connect as netConnect } from 'node:net'
 import t from 'tap'
 import { build, connect, waitFor, type TestApp } from '../support/helper.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 type Tap = Parameters<typeof build>[0]
 
@@ -57,7 +58,7 @@ t.test('the stream as EventSource records: id, then the same JSON the WebSocket 
   const client = await stream(t, `${url}/guest`)
   t.equal(client.status, 200)
   const socket = await connect(t, `${ws}/guest`)
-  await waitFor(() => app.fanout.hub.size === 2)
+  await waitFor(() => coreOf(app).hub.size === 2)
   const [id] = await publishMany(app, 1)
   await waitFor(() => client.records.length === 1 && socket.messages.length === 1, 5000, 'the record and the frame')
   t.same(client.records[0], { id, data: socket.messages[0] }, 'the EventSource data is the WebSocket message, byte for byte')
@@ -87,7 +88,7 @@ t.test('a malformed Last-Event-ID is refused with 400; a GET that is neither get
   const plain = await fetch(`${url}/guest`)
   t.equal(plain.status, 426)
   t.equal(plain.headers.get('upgrade'), 'websocket')
-  t.equal(app.fanout.hub.size, 0)
+  t.equal(coreOf(app).hub.size, 0)
 })
 
 t.test('an EventSource client that does not read is cut off at maxBufferedBytes, like a WebSocket', async (t) => {
@@ -97,23 +98,23 @@ t.test('an EventSource client that does not read is cut off at maxBufferedBytes,
   socket.on('error', () => {})
   await new Promise((resolve) => socket.once('connect', resolve))
   socket.write(`GET /guest HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAccept: text/event-stream\r\n\r\n`)
-  await waitFor(() => app.fanout.hub.size === 1)
+  await waitFor(() => coreOf(app).hub.size === 1)
   socket.pause() // never reads again
   const text = 'x'.repeat(16 * 1024)
-  for (let i = 0; i < 2000 && app.fanout.stats.slowConsumerDrops === 0; i++) {
+  for (let i = 0; i < 2000 && coreOf(app).stats.slowConsumerDrops === 0; i++) {
     await app.fanout.publish({ type: 'news', text })
     if (i % 20 === 0) await new Promise((resolve) => setImmediate(resolve))
   }
-  t.equal(app.fanout.stats.slowConsumerDrops, 1, 'cut off as a slow consumer')
-  await waitFor(() => app.fanout.hub.size === 0, 3000, 'the connection to go')
+  t.equal(coreOf(app).stats.slowConsumerDrops, 1, 'cut off as a slow consumer')
+  await waitFor(() => coreOf(app).hub.size === 0, 3000, 'the connection to go')
 })
 
 t.test('app.close() ends the streams', async (t) => {
   const { app, url } = await build(t)
   await stream(t, `${url}/guest`)
-  await waitFor(() => app.fanout.hub.size === 1)
+  await waitFor(() => coreOf(app).hub.size === 1)
   const started = Date.now()
   await app.close()
-  t.equal(app.fanout.hub.size, 0)
+  t.equal(coreOf(app).hub.size, 0)
   t.ok(Date.now() - started < 3000, 'promptly')
 })

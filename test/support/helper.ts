@@ -12,7 +12,8 @@ import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { WebSocket } from 'ws'
 import fanout, { type FanoutOptions } from '../../app.js'
-import { STANDALONE } from '../../lib/config.js'
+import fanoutDemo, { type DemoOptions } from '../../demo/plugin.js'
+import { STANDALONE } from '../../lib/options.js'
 import { killOwned, ownPath, spawnOwned } from './children.js'
 import { freePort } from './free-port.js'
 
@@ -62,20 +63,24 @@ export interface TestApp {
   uploadDir: string
 }
 
-/** The plugin in a fresh Fastify instance, routes as the standalone server has them, listening on a free port; closed at teardown. */
-export async function build (t: Tap, options: FanoutOptions = {}): Promise<TestApp> {
+/**
+ * The plugin and the demo in a fresh Fastify instance, routes as the standalone server has them
+ * (the publisher off unless asked for), listening on a free port; closed at teardown.
+ */
+export async function build (t: Tap, options: FanoutOptions & Omit<DemoOptions, 'prefix'> = {}): Promise<TestApp> {
   const logs = new LogCapture()
-  const uploadDir = options.uploadDir ?? tempDir(t, 'fanout-uploads-')
+  const { publisher = false, askPath = '/ask', demoPath = options.guestPath === false ? false : '/', ...plugin } = options
+  const uploadDir = plugin.uploadDir ?? tempDir(t, 'fanout-uploads-')
   const app = Fastify({ logger: { level: 'info', stream: logs } })
   await app.register(fanout, {
     ...STANDALONE, // the standalone server's routes and uploads, which most tests exercise
-    publisher: false,
     metricsIntervalMs: 0,
     uploadMinFreeBytes: 0,
     drainMs: 0,
-    ...options,
+    ...plugin,
     uploadDir
   })
+  await app.register(fanoutDemo, { publisher, askPath, demoPath, prefix: plugin.prefix })
   t.teardown(() => app.close())
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }

@@ -4,6 +4,7 @@ import { chromium, type Page } from 'playwright-core'
 import t, { type Test } from 'tap'
 import { refuse } from '../../app.js'
 import { build, waitFor } from '../support/helper.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 const PNG = Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'), Buffer.alloc(300, 5)])
 
@@ -37,7 +38,7 @@ t.test('the demo page under a prefix, with the stream renamed, streams and uploa
   t.ok(loaded.includes('/rt/style.css') && loaded.includes('/rt/client.js'), 'script and style came from under the prefix')
   await page.setInputFiles('#file', { name: 'photo.png', mimeType: 'image/png', buffer: PNG })
   await page.locator('#uploads li', { hasText: 'saved as' }).waitFor({ timeout: 10_000 })
-  t.equal(app.fanout.stats.uploads, 1)
+  t.equal(coreOf(app).stats.uploads, 1)
   t.same(failed, [], 'no request of the page failed (script, style, stream)')
   t.same(errors, [], 'no errors in the page')
 })
@@ -47,14 +48,14 @@ t.test('EventSource in Chromium: the demo page on ?transport=sse, and Last-Event
   const { page, errors, failed } = await openPage(t)
   await page.goto(`${url}/?transport=sse`)
   await stateIs(page, 'connected (EventSource)')
-  t.equal(app.fanout.hub.size, 1)
+  t.equal(coreOf(app).hub.size, 1)
   const publish = (guest: string) => app.fanout.publish({ type: 'guest', guest, time: '12:00:00', ts: Date.now() })
   const first = await publish('张三')
   const lastSeen = await publish('李四')
   await page.waitForFunction(() => document.querySelectorAll('#guests li').length === 2, undefined, { timeout: 10_000 })
 
   // Cut the stream and publish before the browser reconnects: it resumes by itself with Last-Event-ID.
-  for (const client of app.fanout.hub.clients) client.terminate()
+  for (const client of coreOf(app).hub.clients) client.terminate()
   const missed = await Promise.all(['王五', '赵六', '孙七'].map(publish))
   const note = page.locator('#recovered', { hasText: 'Reconnected' })
   await note.waitFor({ timeout: 15_000 })
@@ -78,7 +79,7 @@ t.test('where WebSockets are blocked, the demo page falls back to EventSource by
   await page.goto(url)
   await stateIs(page, 'connected (EventSource)')
   await page.waitForFunction(() => document.querySelectorAll('#guests li').length >= 2, undefined, { timeout: 10_000 })
-  t.ok(app.fanout.stats.handshakesRefused >= 2, 'it tried the WebSocket first')
+  t.ok(coreOf(app).stats.handshakesRefused >= 2, 'it tried the WebSocket first')
   t.same(errors, [])
 })
 

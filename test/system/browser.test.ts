@@ -8,6 +8,7 @@ import { chromium, type Page } from 'playwright-core'
 import t, { type Test } from 'tap'
 import { compareIds } from '../../lib/event.js'
 import { build, tempDir, waitFor, ROOT } from '../support/helper.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 const CHINESE_NAME = /^[\u4e00-\u9fff]{2,4}$/
 const PNG = Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'), Buffer.alloc(300, 5)])
@@ -136,7 +137,7 @@ t.test('without allowedOrigins null, the file:// page is refused', async (t) => 
   t.notOk(console.includes('WebSocket conntected.'), 'never connected')
   t.ok(console.some((l) => l.startsWith('WebSocket error:')), 'onerror ran')
   t.match(logs.find('websocket refused: origin not allowed')[0], { origin: 'null' })
-  t.equal(app.fanout.hub.size, 0)
+  t.equal(coreOf(app).hub.size, 0)
 })
 
 t.test('the demo page reconnects with ?since and shows what it recovered', async (t) => {
@@ -151,7 +152,7 @@ t.test('the demo page reconnects with ?since and shows what it recovered', async
   t.ok(await page.locator('#recovered').isHidden())
 
   // Cut every socket, and publish before the page can come back: these it must recover.
-  for (const client of app.fanout.hub.clients) client.terminate()
+  for (const client of coreOf(app).hub.clients) client.terminate()
   const missed = await Promise.all(['王五', '赵六', '孙七'].map(publish))
 
   const note = page.locator('#recovered', { hasText: 'Reconnected' })

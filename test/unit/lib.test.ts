@@ -6,7 +6,9 @@ import { readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { ConfigError, loadEnv, optionsFromEnv } from '../../lib/config.js'
+import { demoOptionsFromEnv } from '../../demo/options.js'
+import { ConfigError, loadEnv } from '../../lib/config.js'
+import { optionsFromEnv } from '../../lib/options.js'
 import { compareIds, encodeBody, epochOf, ID_PATTERN, idOf, withId } from '../../lib/event.js'
 import { clockTime, makeGuest, nextDelay } from '../../demo/guests.js'
 import { MemoryBroker } from '../../lib/memory-broker.js'
@@ -307,17 +309,18 @@ function configError (fn: () => unknown): Error {
   throw new Error('expected a ConfigError')
 }
 
-t.test('optionsFromEnv: origins, publisher on without Redis and off with it', async (t) => {
+t.test('optionsFromEnv and demoOptionsFromEnv: origins, publisher on without Redis and off with it', async (t) => {
+  const publisher = (env: NodeJS.ProcessEnv) => demoOptionsFromEnv(loadEnv(env)).publisher
+  t.same(publisher({}), { minDelayMs: 3000, maxDelayMs: 8000 }, 'publisher on when embedded')
   const embedded = optionsFromEnv(loadEnv({}))
-  t.same(embedded.publisher, { minDelayMs: 3000, maxDelayMs: 8000, count: undefined }, 'publisher on when embedded')
   t.equal(embedded.redisUrl, undefined)
   t.equal(embedded.allowedOrigins, undefined, 'unset: same origin only')
   t.equal(embedded.uploadDir, './uploads')
 
-  t.equal(optionsFromEnv(loadEnv({ REDIS_URL: 'redis://127.0.0.1:1' })).publisher, false, 'off with Redis')
-  t.same(optionsFromEnv(loadEnv({ REDIS_URL: 'redis://127.0.0.1:1', PUBLISHER: 'on' })).publisher, { minDelayMs: 3000, maxDelayMs: 8000, count: undefined })
-  t.equal(optionsFromEnv(loadEnv({ PUBLISHER: 'off' })).publisher, false)
-  t.same(optionsFromEnv(loadEnv({ GUEST_MIN_DELAY_MS: '10', GUEST_MAX_DELAY_MS: '20', GUEST_COUNT: '3' })).publisher, { minDelayMs: 10, maxDelayMs: 20, count: 3 })
+  t.equal(publisher({ REDIS_URL: 'redis://127.0.0.1:1' }), false, 'off with Redis')
+  t.same(publisher({ REDIS_URL: 'redis://127.0.0.1:1', PUBLISHER: 'on' }), { minDelayMs: 3000, maxDelayMs: 8000 })
+  t.equal(publisher({ PUBLISHER: 'off' }), false)
+  t.same(publisher({ GUEST_MIN_DELAY_MS: '10', GUEST_MAX_DELAY_MS: '20', GUEST_COUNT: '3' }), { minDelayMs: 10, maxDelayMs: 20, count: 3 })
 
   t.same(optionsFromEnv(loadEnv({ ALLOWED_ORIGINS: ' https://a.example , null,,http://b.example:8080 ' })).allowedOrigins,
     ['https://a.example', 'null', 'http://b.example:8080'])

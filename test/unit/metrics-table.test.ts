@@ -4,6 +4,7 @@ import t from 'tap'
 import { MemoryBroker } from '../../app.js'
 import { COUNTERS, prometheusName } from '../../lib/stats.js'
 import { build, metricValue, waitFor } from '../support/helper.js'
+import { coreOf } from '../../plugins/fanout.js'
 
 /** A broker reporting numbers the plugin has never heard of, as the Redis rewrite will. */
 class NewNumbersBroker extends MemoryBroker {
@@ -16,7 +17,7 @@ t.test('every counter and every broker number, in the pino line and in /metrics'
   const broker = new NewNumbersBroker(100)
   t.teardown(() => broker.close())
   const { app, url, logs } = await build(t, { broker, metricsIntervalMs: 50 })
-  app.fanout.stats.uploadErrors = 4
+  coreOf(app).stats.uploadErrors = 4
   const line = await waitFor(() => logs.find('metrics').at(-1), 5000, 'a metrics line') as Record<string, unknown>
   for (const name of Object.keys(COUNTERS)) t.type(line[name], 'number', `${name} in the line`)
   t.equal(line.uploadErrors, 4)
