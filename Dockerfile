@@ -15,10 +15,13 @@ FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
-# fastify is a peer of the plugin (a dev dependency in the lock), which --omit=dev leaves out; the
-# standalone server needs it: made a dependency in the image only, at the locked version.
-RUN npm pkg delete devDependencies.fastify \
-  && npm pkg set "dependencies.fastify=$(node -p "require('./package-lock.json').packages['node_modules/fastify'].version")" \
+# fastify and faker are peers of the package (dev dependencies in the lock), which --omit=dev
+# leaves out; the standalone server and its demo need them: made dependencies in the image only,
+# at the locked versions.
+RUN for peer in fastify @faker-js/faker; do \
+    npm pkg delete "devDependencies.$peer" \
+    && npm pkg set "dependencies.$peer=$(node -p "require('./package-lock.json').packages['node_modules/$peer'].version")" || exit 1; \
+  done \
   && npm install --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist dist
 COPY demo/public demo/public

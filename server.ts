@@ -2,8 +2,6 @@
 import closeWithGrace from 'close-with-grace'
 import Fastify from 'fastify'
 import fanout from './app.js'
-import fanoutDemo from './demo/plugin.js'
-import { demoOptionsFromEnv } from './demo/options.js'
 import { loadEnv, type Env } from './lib/config.js'
 import { fail } from './lib/fail.js'
 import { optionsFromEnv } from './lib/options.js'
@@ -24,6 +22,8 @@ const app = Fastify({ logger: { level: env.LOG_LEVEL } })
 try {
   // The environment becomes the plugin's options and the demo's: the same path as any app's.
   await app.register(fanout, optionsFromEnv(env))
+  // Loaded here, so that a missing optional dependency of the demo (faker) is one clear line.
+  const [{ default: fanoutDemo }, { demoOptionsFromEnv }] = await Promise.all([import('./demo/plugin.js'), import('./demo/options.js')])
   await app.register(fanoutDemo, demoOptionsFromEnv(env))
   await app.ready()
 } catch (err) {

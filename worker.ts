@@ -11,7 +11,7 @@ import { optionsFromEnv, resolveOptions, type ResolvedOptions } from './lib/opti
 /**
  * The publisher worker: guest events on the random schedule, into Redis. Run any number: they
  * share a lease in Redis, and only its holder publishes; a standby takes over when the holder
- * dies or stalls past WORKER_LEASE_MS (README, "High availability").
+ * dies or stalls past WORKER_LEASE_MS (docs/scaling.md, "High availability").
  */
 let env: Env
 let options: ResolvedOptions

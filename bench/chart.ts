@@ -1,4 +1,4 @@
-// The run's headline figures as an SVG bar chart (bench/results/latest.svg, shown in the README):
+// The run's headline figures as an SVG bar chart (bench/results/latest.svg, shown in the README and docs/performance.md):
 // one panel per figure, one bar per system, every value printed at its bar. Plain SVG text, no
 // dependency; a figure the run did not measure is left out.
 import type { Results, Row } from './report.js'
@@ -19,7 +19,7 @@ const LABEL_WIDTH = 240
 const BAR_HEIGHT = 18
 const GAP = 6
 const VALUE_ROOM = 90
-/** Short enough to sit left of a bar; README "Performance" says what each is. */
+/** Short enough to sit left of a bar; docs/performance.md says what each is. */
 const NAMES: Record<SystemName, string> = {
   fanout: 'fastify-fanout',
   'fanout-cluster': 'fastify-fanout, Redis Cluster',

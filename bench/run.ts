@@ -1,7 +1,7 @@
 // `npm run bench`: fastify-fanout against the bare-ws floor, Nchan, Socket.IO and naive ws, in one
 // run, on one private redis-server; and fastify-fanout on a private 3-primary Redis Cluster. Every
 // server replica, load client and publisher is its own process.
-// Options (flag or environment): see `usage` below; README "Performance" has what the numbers mean.
+// Options (flag or environment): see `usage` below; docs/performance.md has what the numbers mean.
 import { fork, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { createConnection } from 'node:net'
@@ -29,7 +29,8 @@ npm run bench [-- options]            (each option also reads BENCH_<NAME>, e.g.
   --systems=a,b      of ${SYSTEMS.join(',')} [all]
   --scenarios=a,b    of steady,burst,latency,scale,storm [all]
   --settle-ms=N      pause before reading RSS in the scale scenario [3000]
-  --out=DIR          where latest.json and latest.md go [bench/results; DIR with --profile]
+  --out=DIR          where latest.json, .md and .svg go [bench/results/local, git-ignored; DIR
+                     with --profile]. The published figures: --out=bench/results
   --profile=DIR      run every replica under node --cpu-prof, profiles in DIR/<system>; the
                      summary counts only the samples taken while a round was measured
 `
@@ -100,8 +101,10 @@ const replicaCount = Math.round(numberOption('replicas', 2))
 const clientProcs = Math.round(numberOption('client-procs', 4))
 const settleMs = numberOption('settle-ms', 3000)
 const profileDir = option('profile')
-// A profiled run is slower than a plain one: its numbers go next to the profiles, not over latest.
-const outDir = option('out') ?? profileDir ?? join(ROOT, 'bench', 'results')
+// A run writes to bench/results/local/ (git-ignored) unless told otherwise, so a small run never
+// overwrites the published figures the docs link to. A profiled run is slower than a plain one:
+// its numbers go next to the profiles.
+const outDir = option('out') ?? profileDir ?? join(ROOT, 'bench', 'results', 'local')
 /** Systems that cannot run on this machine, and why: left out of the run and named in the report. */
 const missing: Results['missing'] = []
 const systems = listOption('systems', SYSTEMS).filter((system) => {
@@ -347,7 +350,7 @@ async function subscribers (redis: Redis, system: Exclude<SystemName, 'fanout' |
   return Number(count)
 }
 
-/** fastify-fanout says itself when it can deliver (README "Readiness"), whatever its Redis layout. */
+/** fastify-fanout says itself when it can deliver (docs/operations.md, "Health and readiness"), whatever its Redis layout. */
 async function ready (port: number): Promise<boolean> {
   try {
     return (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200

@@ -14,7 +14,7 @@ export interface BrokerEvent {
   data: Buffer
   /** Its position in its epoch's contiguous sequence (1, 2, …), where the broker knows it. */
   seq?: number
-  /** The history this event belongs to (see README, "Protocol"). */
+  /** The history this event belongs to (docs/protocol.md, "Events"). */
   epoch?: string
   /** Its WebSocket frame, built by the hub the first time it is sent, then reused. */
   frame?: Buffer

@@ -82,7 +82,7 @@ export class Client {
  * the same bytes are written to every open socket. The events of one event-loop turn leave
  * together, in one write per socket: the frames of a turn are joined once for all the clients that
  * get the same run of them, so the common case costs one plain `write` per socket, with no cork,
- * uncork or writev bookkeeping in the stream (bench: README "Performance").
+ * uncork or writev bookkeeping in the stream (bench: docs/performance.md).
  */
 export class Hub {
   /** Every connection, for heartbeat, drain and capacity. */

@@ -1,5 +1,5 @@
 // The wire protocol clients see, in one place: subprotocol names, close codes, control messages
-// and the event shape. The README's "Protocol" section describes the same things for people.
+// and the event shape. docs/protocol.md describes the same things for people.
 
 /** The subprotocol a client asks for to get control messages (acks, errors, resume status). */
 export const PROTOCOL = 'fanout.v1'

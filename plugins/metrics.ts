@@ -43,7 +43,7 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
   })
   new Gauge({ // eslint-disable-line no-new
     name: 'fanout_broker_stat',
-    help: 'The broker\'s own numbers, by name, as its stats() reports them (README, "Metrics")',
+    help: 'The broker\'s own numbers, by name, as its stats() reports them (docs/operations.md, "Metrics")',
     labelNames: ['name'],
     registers: [registry],
     collect () {

@@ -28,7 +28,7 @@ export async function admitConnection (this: FastifyInstance, request: FastifyRe
     return reply.code(403).send({ error: 'origin not allowed', origin: request.headers.origin })
   }
   if (!broker.synced) {
-    // Never reached Redis yet: it has no place in the stream to deliver from (README, "Delivery guarantees").
+    // Never reached Redis yet: it has no place in the stream to deliver from (docs/delivery.md).
     stats.handshakesRefused++
     request.log.warn(`${kind(request)} refused: the broker has not reached Redis yet`)
     return reply.code(503).header('retry-after', '2').send({ error: 'not connected to the broker yet, try again shortly' })

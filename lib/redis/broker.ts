@@ -100,7 +100,7 @@ export class RedisBroker implements Broker {
     const canaryChannel = this.keys.canary(randomUUID())
     const sub = this.#cluster
       // Sharded pub/sub: ioredis keeps a subscriber on the primary owning the channel's slot and
-      // moves it there after a failover (docs/ha-notes.md).
+      // moves it there after a failover (docs/scaling.md, "Appendix: ioredis under failover, measured").
       ? createRedis(this.#options.target, 'subscriber', {}, { shardedSubscribers: true })
       : createRedis(this.#options.target, 'subscriber', { autoResubscribe: false })
     this.#sub = sub

@@ -126,7 +126,7 @@ const CLUSTER_LEVEL = ['enableOfflineQueue', 'enableReadyCheck', 'lazyConnect', 
  * the old primary hangs instead of closing (Sentinel: `leaveReplacedPrimary`, Cluster:
  * `slotsRefreshInterval`). For a Cluster, `options` go to every node's connection except those
  * ioredis reads on the Cluster (CLUSTER_LEVEL), and `clusterOptions` (e.g. `shardedSubscribers`)
- * are added as they are. docs/ha-notes.md has what each choice was measured to fix.
+ * are added as they are. docs/scaling.md (its appendix) has what each choice was measured to fix.
  */
 export function createRedis (target: RedisTarget, role: string, options: RedisOptions = {}, clusterOptions: ClusterOptions = {}): Redis | Cluster {
   const base: RedisOptions = {

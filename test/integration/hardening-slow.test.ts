@@ -31,7 +31,7 @@ t.test('stalled readers are cut off while the worker pours events out; memory st
   // the whole gap. What is tested here is the hub: cut-offs, bounded memory, every event to readers.
   const history = { HISTORY_SIZE: String(EVENTS) }
   const server = await startServer(t, { REDIS_URL: redis.url, PUBLISHER: 'off', ...history })
-  // Until it has a place in the stream a replica answers /guest with 503 (README "Readiness").
+  // Until it has a place in the stream a replica answers /guest with 503 (docs/operations.md, "Health and readiness").
   await waitFor(async () => await httpStatus(`${server.url}/readyz`) === 200, 30_000, 'the replica to be ready')
   const pid = server.child.pid as number
 

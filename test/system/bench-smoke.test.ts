@@ -13,7 +13,11 @@ const EVENTS = 50
 const SCENARIOS = ['steady', 'burst', 'scale']
 const RATE = 100
 
-t.test('npm run bench at a tiny scale measures every system this machine can run', async (t) => {
+// Its own deadlines, inside the runner's: the bench is stopped at BENCH_DEADLINE_MS, well before
+// the test's timeout, so a slow machine gets the harness's output, not a bare timeout.
+const BENCH_DEADLINE_MS = 420_000
+
+t.test('npm run bench at a tiny scale measures every system this machine can run', { timeout: BENCH_DEADLINE_MS + 120_000 }, async (t) => {
   // `npm test` builds the product; the bench has its own build (tsconfig.bench.json).
   const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
   const aside = tempDir(t, 'bench-build-')
@@ -34,8 +38,8 @@ t.test('npm run bench at a tiny scale measures every system this machine can run
     `--scenarios=${[...SCENARIOS, 'storm'].join(',')}`, '--client-procs=1', '--settle-ms=200', `--out=${out}`
   ])
   // SIGTERM, not the helper's SIGKILL, lets the harness take its redis-server and replicas down too.
-  // Six systems, four scenarios, ~80 s on this 2-core machine with others' tests beside it.
-  const timer = setTimeout(() => bench.kill('SIGTERM'), 170_000)
+  // Six systems, four scenarios: ~80 s on a quiet 2-core machine, several times that beside a CPU hog.
+  const timer = setTimeout(() => bench.kill('SIGTERM'), BENCH_DEADLINE_MS)
   const { code } = await bench.exited
   clearTimeout(timer)
   t.equal(code, 0, `the bench exits 0: ${bench.output().slice(-2000)}`)

@@ -1,7 +1,7 @@
 // The compose topology in real containers: the real Dockerfile built, the real docker-compose.yml
 // brought up under a project name of its own, every check made through nginx on 127.0.0.1.
 // Needs a Docker engine and docker-compose (v1 with --compatibility, or the v2 plugin); the base
-// images come from deploy/standin/build-bases.sh when they cannot be pulled (README: "Compose").
+// images come from deploy/standin/build-bases.sh when they cannot be pulled (docs/scaling.md, "Running it").
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'

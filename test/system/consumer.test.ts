@@ -1,6 +1,7 @@
-// The package as a new user meets it (issue 11): packed from a clean copy of the sources (so
+// The package as a new user meets it: packed from a clean copy of the sources (so
 // `prepack` must build dist/), installed into a separate app with its own fastify 5 from the
-// registry, the README's example compiled with `tsc --strict` (NodeNext) and run; an event
+// registry, the README's example compiled with `tsc --strict` (NodeNext) and run, the typed client
+// of docs/protocol.md compiled against it; an event
 // published through its route reaches a WebSocket and an EventSource client, and after SIGTERM
 // (the example's `app.close()`) the process exits on its own.
 import { execFile } from 'node:child_process'
@@ -13,12 +14,12 @@ import { connect, freePort, ROOT, run, tempDir, waitFor } from '../support/helpe
 const exec = promisify(execFile)
 const devDependencies = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).devDependencies as Record<string, string>
 
-/** The README's example: the ts block after the consumer-example marker. */
-function readmeExample (): string {
-  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
-  const marker = readme.indexOf('<!-- consumer-example')
-  const match = /```ts\n([\s\S]*?)```/.exec(readme.slice(marker))
-  if (marker === -1 || !match) throw new Error('README.md has no consumer-example block')
+/** A documented example: the ts block after `<!-- name` in `file`. */
+function example (file: string, name: string): string {
+  const text = readFileSync(join(ROOT, file), 'utf8')
+  const marker = text.indexOf(`<!-- ${name}`)
+  const match = /```ts\n([\s\S]*?)```/.exec(text.slice(marker))
+  if (marker === -1 || !match) throw new Error(`${file} has no ${name} block`)
   return match[1]
 }
 
@@ -38,10 +39,11 @@ t.test('npm pack, install into a strict TypeScript app, the README example compi
   const { stdout: packed } = await npm(['pack', '--json', '--pack-destination', dir], src)
   const [{ filename, files }] = JSON.parse(packed) as Array<{ filename: string, files: Array<{ path: string }> }>
   const paths = files.map((f) => f.path)
-  for (const needed of ['dist/app.js', 'dist/app.d.ts', 'dist/lib/hub.d.ts', 'public/index.html', 'public/client.js']) {
+  for (const needed of ['dist/app.js', 'dist/app.d.ts', 'dist/demo/plugin.js', 'dist/server.js', 'dist/worker.js', 'demo/public/index.html', 'demo/public/client.js', 'docs/protocol.md']) {
     t.ok(paths.includes(needed), `the tarball holds ${needed}`)
   }
-  t.notOk(paths.some((p) => p.startsWith('dist/test/') || p.startsWith('dist/bench/')), 'no tests or benchmark in the tarball')
+  t.same(paths.filter((p) => /^(dist\/)?(test|bench|tools|cluster)\b|\.map$|^lib\/|\.ts$(?<!\.d\.ts)/.test(p)), [],
+    'no tests, test helpers, benchmark, sources or source maps in the tarball')
 
   const app = join(dir, 'app')
   mkdirSync(app)
@@ -50,7 +52,18 @@ t.test('npm pack, install into a strict TypeScript app, the README example compi
     compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, skipLibCheck: false, outDir: 'dist', types: ['node'] },
     include: ['app.ts']
   }))
-  writeFileSync(join(app, 'app.ts'), readmeExample())
+  writeFileSync(join(app, 'app.ts'), example('README.md', 'consumer-example'))
+  // The typed client of docs/protocol.md, a browser script: DOM types, no Node.
+  const client = example('docs/protocol.md', 'typed-client')
+  t.notMatch(client, /\bas [A-Z]|<[A-Z]\w*>\s*JSON/, 'the typed client casts nothing')
+  writeFileSync(join(app, 'client.ts'), client)
+  writeFileSync(join(app, 'client-missing-gap.ts'), client.replace(/    case 'gap':[\s\S]*?break\n/, ''))
+  const clientConfig = (file: string) => JSON.stringify({
+    compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, skipLibCheck: false, noEmit: true, lib: ['ES2022', 'DOM'], types: [] },
+    files: [file]
+  })
+  writeFileSync(join(app, 'tsconfig.client.json'), clientConfig('client.ts'))
+  writeFileSync(join(app, 'tsconfig.missing-gap.json'), clientConfig('client-missing-gap.ts'))
   // The app's own fastify 5 from the registry, as a user's app has it; typescript and node types
   // as any TypeScript app has them. Nothing else: the package must bring what its types need.
   await npm(['install', join(dir, filename), 'fastify@5', `typescript@${devDependencies.typescript}`, `@types/node@${devDependencies['@types/node']}`], app)
@@ -59,6 +72,17 @@ t.test('npm pack, install into a strict TypeScript app, the README example compi
   const tsc = await exec(join(app, 'node_modules/.bin/tsc'), ['-p', 'tsconfig.json'], { cwd: app }).then(() => '', (err: { stdout: string }) => err.stdout)
   t.equal(tsc, '', 'tsc --strict compiles the README example with no error')
   if (tsc !== '') return
+  const compile = async (config: string) => exec(join(app, 'node_modules/.bin/tsc'), ['-p', config], { cwd: app }).then(() => '', (err: { stdout: string }) => err.stdout)
+  t.equal(await compile('tsconfig.client.json'), '', 'the typed client compiles: every documented message type, an exhaustive switch')
+  t.match(await compile('tsconfig.missing-gap.json'), /TS2322: Type 'GapMessage' is not assignable to type 'never'/,
+    'and without its gap case the switch is no longer exhaustive: the compiler says which message is unhandled')
+  t.ok(existsSync(join(app, 'node_modules/.bin/fastify-fanout')) && existsSync(join(app, 'node_modules/.bin/fastify-fanout-worker')), 'the server and the worker are installed as commands')
+  t.notOk(existsSync(join(app, 'node_modules/@faker-js/faker')), 'faker is not installed for the plugin: only the demo needs it')
+  t.notOk(existsSync(join(app, 'node_modules/fastify-fanout/node_modules/pino')), 'one pino: the package takes the range fastify takes')
+  const bin = run(t, join(app, 'node_modules/.bin/fastify-fanout'), [], { PORT: String(await freePort()), REDIS_URL: undefined }, app)
+  const binExit = await bin.exited
+  t.equal(binExit.code, 1, 'the standalone server without faker: exits 1')
+  t.match(bin.output(), /the fastify-fanout demo needs @faker-js\/faker for its guest names: npm install @faker-js\/faker/, 'and says what to install')
   t.ok(readdirSync(join(app, 'dist')).includes('app.js'))
 
   const port = await freePort()

@@ -1,5 +1,5 @@
 // Issue 10: the Sentinel and Cluster harness, and the ioredis 5.11 behaviour the broker builds on,
-// established against real redis-server processes (docs/ha-notes.md has the findings). Each test
+// established against real redis-server processes (docs/scaling.md, "Appendix: ioredis under failover, measured", has the findings). Each test
 // prints its timings (kill -> writes succeed, kill -> subscriber receives) as tap comments.
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
