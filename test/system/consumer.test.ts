@@ -57,7 +57,7 @@ t.test('npm pack, install into a strict TypeScript app, the README example compi
   const client = example('docs/protocol.md', 'typed-client')
   t.notMatch(client, /\bas [A-Z]|<[A-Z]\w*>\s*JSON/, 'the typed client casts nothing')
   writeFileSync(join(app, 'client.ts'), client)
-  writeFileSync(join(app, 'client-missing-gap.ts'), client.replace(/    case 'gap':[\s\S]*?break\n/, ''))
+  writeFileSync(join(app, 'client-missing-gap.ts'), client.replace(/ {4}case 'gap':[\s\S]*?break\n/, ''))
   const clientConfig = (file: string) => JSON.stringify({
     compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, skipLibCheck: false, noEmit: true, lib: ['ES2022', 'DOM'], types: [] },
     files: [file]
