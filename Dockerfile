@@ -3,7 +3,7 @@ FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
-COPY tsconfig.json app.ts server.ts worker.ts cluster.ts ./
+COPY tsconfig.json app.ts server.ts worker.ts ./
 COPY lib lib
 COPY plugins plugins
 COPY routes routes
