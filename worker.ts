@@ -2,7 +2,8 @@
 import { randomUUID } from 'node:crypto'
 import closeWithGrace from 'close-with-grace'
 import pino from 'pino'
-import { startPublisher, type PublisherRun } from './demo/publisher.js'
+import type { ResolvedDemoOptions } from './demo/options.js'
+import type { PublisherRun } from './demo/publisher.js'
 import { loadEnv, type Env } from './lib/config.js'
 import { createRedisBroker } from './lib/create-broker.js'
 import { fail } from './lib/fail.js'
@@ -15,10 +16,19 @@ import { optionsFromEnv, resolveOptions, type ResolvedOptions } from './lib/opti
  */
 let env: Env
 let options: ResolvedOptions
+let schedule: Exclude<ResolvedDemoOptions['publisher'], false>
+let startPublisher: typeof import('./demo/publisher.js').startPublisher
 try {
-  // The same path as the server's: environment → options → resolved options → the broker.
+  // The same path as the server's: environment → options → resolved options → the broker; the
+  // schedule through the demo's options. The demo is loaded here, so that a missing optional
+  // dependency (faker) is one clear line.
   env = loadEnv()
   options = resolveOptions(optionsFromEnv(env))
+  const [demo, publisher] = await Promise.all([import('./demo/options.js'), import('./demo/publisher.js')])
+  const resolved = demo.resolveDemoOptions({ publisher: demo.publisherFromEnv(env) }).publisher
+  if (resolved === false) throw new Error('the publisher\'s schedule did not resolve') // given as an object, it always does
+  schedule = resolved
+  startPublisher = publisher.startPublisher
 } catch (err) {
   fail('fastify-fanout worker', err)
 }
@@ -47,9 +57,9 @@ function publish (): PublisherRun {
       log.debug({ id, ...body }, 'published')
       return id
     },
-    minDelayMs: env.GUEST_MIN_DELAY_MS,
-    maxDelayMs: env.GUEST_MAX_DELAY_MS,
-    count: env.GUEST_COUNT === undefined ? undefined : env.GUEST_COUNT - made,
+    minDelayMs: schedule.minDelayMs,
+    maxDelayMs: schedule.maxDelayMs,
+    count: schedule.count === undefined ? undefined : schedule.count - made,
     onError: (err) => log.warn({ err: err.message }, 'guest event not published')
   })
   current.done.then(() => { if (run === current) finished() }, () => {})
@@ -63,8 +73,8 @@ const lease = broker.lead(env.WORKER_LEASE_MS, (leader) => {
   previous?.stop().catch(() => {})
 })
 
-const metrics = env.METRICS_INTERVAL_MS > 0
-  ? setInterval(() => log.info({ redis: broker.state, leader: lease.leader ? 1 : 0, ...broker.stats() }, 'metrics'), env.METRICS_INTERVAL_MS).unref()
+const metrics = options.metricsIntervalMs > 0
+  ? setInterval(() => log.info({ redis: broker.state, leader: lease.leader ? 1 : 0, ...broker.stats() }, 'metrics'), options.metricsIntervalMs).unref()
   : undefined
 
 let stopping = false

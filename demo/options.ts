@@ -1,6 +1,6 @@
 import {
-  checkDelays, ConfigError, DemoOptionsSchema, optionName, settingsFromEnv, usesRedis, validate,
-  type DemoSettingName, type DemoSettings, type Env
+  checkDelays, ConfigError, DemoOptionsSchema, optionName, settingsFromEnv, usesRedis, validateOptions,
+  type Assert, type DemoSettingName, type DemoSettings, type Env, type Same, type SettingValue
 } from '../lib/config.js'
 
 export interface PublisherOptions {
@@ -25,9 +25,11 @@ export interface DemoOptions {
 }
 
 // Compile-time: the demo's options are exactly its settings in the table (lib/config.ts).
-type Same<A, B> = [A] extends [B] ? [B] extends [A] ? true : false : false
-type Assert<T extends true> = T
-export type DemoOptionsMatchSettings = Assert<Same<`publisher.${keyof PublisherOptions}` | Exclude<keyof DemoOptions, 'publisher' | 'prefix'>, DemoSettingName>>
+type PublisherTypes = { [K in keyof PublisherOptions]-?: Same<NonNullable<PublisherOptions[K]>, NonNullable<SettingValue<`publisher.${K}`>>> }
+export type DemoOptionsMatchSettings =
+  & Assert<Same<`publisher.${keyof PublisherOptions}` | Exclude<keyof DemoOptions, 'publisher' | 'prefix'>, DemoSettingName>>
+  & Assert<PublisherTypes[keyof PublisherOptions]>
+  & Assert<Same<NonNullable<DemoOptions['askPath'] | DemoOptions['demoPath']>, SettingValue<'askPath'> | SettingValue<'demoPath'>>>
 
 export interface ResolvedDemoOptions {
   publisher: { minDelayMs: number, maxDelayMs: number, count: number | undefined } | false
@@ -39,20 +41,13 @@ const WHAT = 'fastify-fanout/demo option'
 
 /** Validates the demo's options as given (no coercion) and fills in every default. */
 export function resolveDemoOptions (options: DemoOptions = {}): ResolvedDemoOptions {
-  const flat: Record<string, unknown> = {}
-  for (const [key, value] of Object.entries(options)) {
-    if (value === undefined || key === 'prefix' || key === 'logLevel' || key === 'logSerializers') continue
-    if (key === 'publisher' && typeof value === 'object' && value !== null) {
-      for (const [field, v] of Object.entries(value)) if (v !== undefined) flat[`publisher.${field}`] = v
-    } else if (key !== 'publisher') {
-      flat[key] = value
-    } else if (typeof value !== 'boolean') {
-      throw new ConfigError(`invalid ${WHAT}: publisher must be true, false or { minDelayMs, maxDelayMs, count }, got ${JSON.stringify(value)}`)
-    }
+  const { publisher: given, ...flat } = options as Record<string, unknown>
+  if (typeof given === 'object' && given !== null) {
+    for (const [field, value] of Object.entries(given)) flat[`publisher.${field}`] = value
+  } else if (given !== undefined && typeof given !== 'boolean') {
+    throw new ConfigError(`invalid ${WHAT}: publisher must be true, false or { minDelayMs, maxDelayMs, count }, got ${JSON.stringify(given)}`)
   }
-  const unknown = Object.keys(flat).filter((key) => !(key in DemoOptionsSchema.properties))
-  if (unknown.length > 0) throw new ConfigError(`invalid ${WHAT}: unknown option ${unknown.map((k) => `"${k}"`).join(', ')}`)
-  const v = validate<DemoSettings>(WHAT, DemoOptionsSchema, flat, (key) => key, false)
+  const v = validateOptions<DemoSettings>(WHAT, DemoOptionsSchema, flat)
   checkDelays(WHAT, v['publisher.minDelayMs'], v['publisher.maxDelayMs'], optionName)
   const publisher = options.publisher !== undefined && options.publisher !== false
   return {
@@ -67,9 +62,16 @@ export function resolveDemoOptions (options: DemoOptions = {}): ResolvedDemoOpti
  * unless Redis is in use (then the worker publishes) or PUBLISHER says otherwise.
  */
 export function demoOptionsFromEnv (env: Env): DemoOptions {
-  const flat = settingsFromEnv(env, (_key, s) => s.demo === true)
   const on = (env.PUBLISHER ?? (usesRedis(env) ? 'off' : 'on')) === 'on'
-  const schedule: PublisherOptions = {}
-  for (const [key, value] of Object.entries(flat)) (schedule as Record<string, unknown>)[key.replace(/^publisher\./, '')] = value
-  return { askPath: '/ask', demoPath: '/', publisher: on && schedule }
+  return { ...DEMO_STANDALONE, publisher: on && publisherFromEnv(env) }
+}
+
+/** What the standalone server serves of the demo: the page and the tutorial's `/ask`. */
+export const DEMO_STANDALONE = { askPath: '/ask', demoPath: '/' } as const satisfies DemoOptions
+
+/** The publisher's schedule as the environment sets it (the server's in-process one, and the worker's). */
+export function publisherFromEnv (env: Env): PublisherOptions {
+  const schedule: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(settingsFromEnv(env, (key) => key.startsWith('publisher.')))) schedule[key.slice('publisher.'.length)] = value
+  return schedule
 }

@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { dirname, join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
+import { coreOf } from '../plugins/fanout.js'
 import type { ResolvedDemoOptions } from './options.js'
 
 /** The package's root, from source (ts) or from dist/ alike. */
@@ -17,15 +18,16 @@ function packageRoot (): string {
 /**
  * The demo page at `demoPath`, its script and style beside it (`/client.js` for a page at `/`,
  * `/demo/client.js` for one at `/demo`). The page is told every URL it uses, prefix included, so
- * it follows `guestPath` and the `prefix` it is served under (at `/rt` and `/rt/` alike).
+ * it follows fanout's stream wherever it is (its `guestPath` under fanout's `prefix`) and the
+ * `prefix` the page itself is served under (at `/rt` and `/rt/` alike).
  */
 export default async function pageRoutes (fastify: FastifyInstance, { demoPath }: ResolvedDemoOptions): Promise<void> {
-  const { guestPath } = fastify.fanout.options
-  if (demoPath === false || guestPath === false) return
+  const { streamPath: stream } = coreOf(fastify)
+  if (demoPath === false || stream === undefined) return
   const pagePath = posix.join(fastify.prefix || '/', demoPath)
   const assetDir = escapeHtml(pagePath.endsWith('/') ? pagePath : `${pagePath}/`)
   const publicDir = join(packageRoot(), 'demo', 'public')
-  const streamPath = escapeHtml(posix.join(fastify.prefix || '/', guestPath))
+  const streamPath = escapeHtml(stream)
   const page = readFileSync(join(publicDir, 'index.html'), 'utf8')
     .replace('href="style.css"', `href="${assetDir}style.css"`)
     .replace('src="client.js"', `src="${assetDir}client.js"`)

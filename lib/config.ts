@@ -152,6 +152,25 @@ export function validate<T> (what: string, schema: TSchema, data: Record<string,
   }
 }
 
+// Options Fastify's `register` takes for itself, not settings of a plugin.
+const FASTIFY_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
+
+/**
+ * A plugin's options (flattened: `publisher.minDelayMs`) validated against its schema as given,
+ * with no coercion (`'5'` is not a number), defaults filled in. `skip`: options that are not
+ * settings (objects, functions); `hint` explains an unknown option.
+ */
+export function validateOptions<T> (what: string, schema: TSchema, options: Record<string, unknown>, skip: readonly string[] = [], hint = (_unknown: string[]) => ''): T {
+  const given = Object.fromEntries(Object.entries(options).filter(([key, value]) => value !== undefined && !FASTIFY_OPTIONS.has(key) && !skip.includes(key)))
+  const unknown = Object.keys(given).filter((key) => !(key in (schema.properties as object)))
+  if (unknown.length > 0) throw new ConfigError(`invalid ${what}: unknown option ${unknown.map((k) => `"${k}"`).join(', ')}${hint(unknown)}`)
+  return validate<T>(what, schema, given, (key) => key, false)
+}
+
+/** Compile-time checks that an options interface matches its settings: `Assert<Same<A, B>>`. */
+export type Same<A, B> = [A] extends [B] ? [B] extends [A] ? true : false : false
+export type Assert<T extends true> = T
+
 /** The Redis deployment the four settings describe, checked together; errors name them as `name` does. */
 export function checkRedisTarget (what: string, values: { redisUrl?: string, redisSentinels?: string, redisSentinelName?: string, redisClusterNodes?: string }, name: Namer): RedisTarget | undefined {
   const names: TargetNames = { url: name('redisUrl'), sentinels: name('redisSentinels'), sentinelName: name('redisSentinelName'), clusterNodes: name('redisClusterNodes') }

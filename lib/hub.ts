@@ -370,7 +370,7 @@ export class Hub {
     return this.#write(client, client.transport.message(data, type))
   }
 
-  /** A control message (a `ControlMessage`, or one the hub's own code adds) as JSON. */
+  /** A control message as JSON (an EventSource gets it as a named event). */
   sendJson (client: Client, message: ControlMessage): boolean {
     return this.send(client, JSON.stringify(message), message.type)
   }

@@ -2,8 +2,8 @@ import type { FastifyRequest } from 'fastify'
 import type { Identity, Refusal } from './auth.js'
 import type { Broker } from './broker.js'
 import {
-  checkRedisTarget, ConfigError, optionName, PluginOptionsSchema, settingsFromEnv, validate,
-  type Env, type PluginSettingName, type PluginSettings, type SettingValue
+  checkRedisTarget, ConfigError, optionName, PluginOptionsSchema, settingsFromEnv, validateOptions,
+  type Assert, type Env, type PluginSettingName, type PluginSettings, type Same, type SettingValue
 } from './config.js'
 import type { RedisTarget } from './redis/connection.js'
 
@@ -85,12 +85,9 @@ export interface FanoutOptions {
 
 /** Options that are not settings: objects and functions, and Fastify's own. */
 type NotSettings = 'broker' | 'authorize' | 'prefix'
-const NOT_SETTINGS = new Set(['broker', 'authorize', 'prefix', 'logLevel', 'logSerializers'])
 
 // Compile-time: FanoutOptions has exactly the plugin's settings, each with the table's type; a
 // setting added to one and not the other fails the build here.
-type Same<A, B> = [A] extends [B] ? [B] extends [A] ? true : false : false
-type Assert<T extends true> = T
 type SameTypes = { [K in PluginSettingName]: Same<NonNullable<FanoutOptions[K]>, NonNullable<SettingValue<K>>> }
 export type OptionsMatchSettings = Assert<Same<Exclude<keyof FanoutOptions, NotSettings>, PluginSettingName>> & Assert<SameTypes[PluginSettingName]>
 
@@ -109,15 +106,10 @@ const WHAT = 'fastify-fanout option'
 
 /** Validates the options as given (no coercion: a string is not a number) and fills in every default. */
 export function resolveOptions (options: FanoutOptions = {}): ResolvedOptions {
-  const given: Record<string, unknown> = {}
-  for (const [key, value] of Object.entries(options)) if (value !== undefined && !NOT_SETTINGS.has(key)) given[key] = value
-  const unknown = Object.keys(given).filter((key) => !(key in PluginOptionsSchema.properties))
-  if (unknown.length > 0) {
+  const values = validateOptions<PluginSettings>(WHAT, PluginOptionsSchema, { ...options }, ['broker', 'authorize'], (unknown) => {
     const demo = unknown.filter((key) => DEMO_OPTIONS.has(key))
-    const hint = demo.length > 0 ? ` (${demo.join(', ')}: options of the demo plugin, fastify-fanout/demo)` : ''
-    throw new ConfigError(`invalid ${WHAT}: unknown option ${unknown.map((k) => `"${k}"`).join(', ')}${hint}`)
-  }
-  const values = validate<PluginSettings>(WHAT, PluginOptionsSchema, given, (key) => key, false)
+    return demo.length > 0 ? ` (${demo.join(', ')}: options of the demo plugin, fastify-fanout/demo)` : ''
+  })
   if (options.authorize !== undefined && typeof options.authorize !== 'function') {
     throw new ConfigError(`invalid ${WHAT}: authorize must be a function`)
   }

@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import { uploadTokenIdentity } from '../lib/auth.js'
 import type { Broker, BrokerState, Replay } from '../lib/broker.js'
 import { createBroker } from '../lib/create-broker.js'
-import type { EventBody } from '../lib/event.js'
+import { ID_PATTERN, type EventBody } from '../lib/event.js'
 import { Hub } from '../lib/hub.js'
 import { TokenBucket } from '../lib/limits.js'
 import type { Authorize, ResolvedOptions } from '../lib/options.js'
@@ -22,7 +22,10 @@ export interface Snapshot extends Counters {
 export interface Fanout {
   /** Sends an event to every client of every replica; resolves to its id. */
   publish (body: EventBody): Promise<string>
-  /** The events after `since`, as a resuming client gets them: page by page, with `lost` and `clamped`. */
+  /**
+   * The events after `since` (an event id) that the history holds, as a resuming client gets
+   * them: page by page, with `lost` and `clamped`. Throws a TypeError for a `since` that is not an id.
+   */
   history (since: string): Promise<Replay>
   /** Live numbers: connections, counters, broker state. */
   snapshot (): Snapshot
@@ -49,6 +52,8 @@ export interface Core {
   readonly authorize: Authorize | undefined
   /** Admits one text log line; false once the replica-wide log rate is spent. */
   admitTextLog (): boolean
+  /** The stream's full path, `prefix` included, once its route is registered (the demo page shows it). */
+  streamPath: string | undefined
 }
 
 const cores = new WeakMap<Fanout, Core>()
@@ -86,7 +91,10 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
 
   const fanout: Fanout = Object.freeze({
     publish: (body: EventBody) => broker.publish(body),
-    history: (since: string) => broker.history(since, performance.now()),
+    history: (since: string) => {
+      if (typeof since !== 'string' || !ID_PATTERN.test(since)) throw new TypeError(`history: since must be an event id (<ms>-<seq>), got ${JSON.stringify(since)}`)
+      return broker.history(since, performance.now())
+    },
     snapshot: () => ({
       connections: hub.size,
       ...stats.counters(),
@@ -103,7 +111,8 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
     uploads,
     options,
     authorize: options.authorize ?? (tokenIdentity && ((request) => tokenIdentity(request.headers))),
-    admitTextLog: () => textLog.take()
+    admitTextLog: () => textLog.take(),
+    streamPath: undefined
   })
   fastify.decorateRequest('fanoutIdentity', null)
   fastify.decorate('fanout', fanout)

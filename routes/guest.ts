@@ -1,3 +1,4 @@
+import { posix } from 'node:path'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ID_PATTERN } from '../lib/event.js'
 import { ANONYMOUS } from '../lib/auth.js'
@@ -19,8 +20,10 @@ interface GuestRequest {
  * stream as EventSource for a GET that accepts `text/event-stream`.
  */
 export default async function guestRoutes (fastify: FastifyInstance): Promise<void> {
-  const { hub, options } = coreOf(fastify)
+  const core = coreOf(fastify)
+  const { hub, options } = core
   if (options.guestPath === false) return
+  core.streamPath = posix.join(fastify.prefix || '/', options.guestPath)
 
   fastify.route<GuestRequest>({
     method: 'GET',

@@ -12,8 +12,8 @@ export interface Transport {
   /** Whether the peer answers pings; one that does not is kept alive by TCP and the buffer cap alone. */
   readonly answersPings: boolean
   /**
-   * Whether the hub may write a turn's live events as one joined run of frames, shared by every
-   * client that gets the same run: true where every client's bytes for an event are the same.
+   * Whether this transport's event bytes are WebSocket frames (`frameOf`): the hub then writes a
+   * turn's live events as one joined run of frames, shared by every client that gets the same run.
    */
   readonly joinsTurns: boolean
   /** The event's bytes on this transport: built once per event, cached on it, then reused. */

@@ -146,7 +146,7 @@ t.test('Redis restarted without persistence: a new epoch; resumes from before it
   await redis.start() // empty: no AOF, no RDB
   await waitFor(() => confirmedIds(publisher).length >= 300, 30_000, '150 more events')
   // A replica whose command connection is still reconnecting answers a resume with 1013 (try
-  // again later, test/exact-repair.test.ts): these resumes go to replicas that are back.
+  // again later, exact-repair.test.ts): these resumes go to replicas that are back.
   for (const r of replicas) await waitFor(async () => await httpStatus(`${r.url}/readyz`) === 200, 30_000, 'the replica to be ready again')
   const beforeRestart = clients[0].events()[100]
   const resumedV1 = await connect(t, `${replicas[1].ws}/guest?since=${beforeRestart.id}`, { protocols: ['fanout.v1'] })

@@ -1,4 +1,4 @@
-// Issue 9 / 14: what the README claims of repair, with a real redis-server, worker and replica:
+// Issue 9 / 14: what docs/delivery.md claims of repair, with a real redis-server, worker and replica:
 // a subscriber cut off longer than the history covers repairs what is left and tells its fanout.v1
 // clients exactly how many events were lost (counted as repairLost); a resume while the history
 // cannot be read is closed with 1013.

@@ -60,7 +60,7 @@ async function upload (client: TestClient, data: Buffer): Promise<Record<string,
 // Mounting a tmpfs needs root. CI runs as root; anywhere else these two are skipped, and said so
 // on stderr too, where a run's output shows it, not only in the TAP stream.
 const notRoot = process.getuid?.() !== 0 && 'NOT TESTED here: mounting a tmpfs needs root (CI runs as root)'
-if (notRoot) console.error(`test/hardening-uploads.test.ts: full disk and free-space floor ${notRoot}`)
+if (notRoot) console.error(`test/integration/hardening-uploads.test.ts: full disk and free-space floor ${notRoot}`)
 
 t.test('a full disk: the upload is refused with disk_full and leaves nothing behind', { skip: notRoot }, async (t) => {
   const dir = await tmpfs(t, '1m')

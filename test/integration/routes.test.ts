@@ -1,8 +1,9 @@
-// Issue 11, "Routes under the user's control": embedded defaults, each route renamed or off, the
+// Routes under the user's control: embedded defaults, each route renamed or off, the
 // prefix, uploads off, and registering twice.
 import Fastify from 'fastify'
 import t from 'tap'
 import fanout from '../../app.js'
+import fanoutDemo from '../../demo/plugin.js'
 import { build, connect, httpStatus, tempDir } from '../support/helper.js'
 import { coreOf } from '../../plugins/fanout.js'
 
@@ -88,4 +89,31 @@ t.test('registering twice on one server is a clear error, in the same scope or a
   same.register(fanout, {})
   same.register(fanout, {})
   await t.rejects(async () => { await same.ready() }, /fastify-fanout is already registered on this server/)
+})
+
+t.test('the demo registered under a prefix of its own: its page shows fanout\'s stream, wherever fanout put it', async (t) => {
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  await app.register(fanout, { prefix: '/rt', guestPath: '/live', drainMs: 0, metricsIntervalMs: 0 })
+  await app.register(fanoutDemo, { prefix: '/demo', demoPath: '/' })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+  const page = await (await fetch(`${url}/demo/`)).text()
+  t.match(page, /<meta name="fanout-stream" content="\/rt\/live">/, 'the page is told fanout\'s stream, not its own prefix')
+  t.match(page, /src="\/demo\/client\.js"/, 'and its own assets under its own prefix')
+  t.equal(await httpStatus(`${url}/demo/client.js`), 200)
+})
+
+t.test('fastify.fanout.history(since): what a resume replays, and a since that is not an id is refused', async (t) => {
+  const { app } = await embedded(t)
+  const ids: string[] = []
+  for (let i = 0; i < 3; i++) ids.push(await app.fanout.publish({ type: 'news', text: `n${i}` }))
+  const replay = await app.fanout.history(ids[0])
+  t.same(replay.first.map((e) => e.id), ids.slice(1), 'the events after since')
+  t.same(replay.first.map((e) => JSON.parse(e.data.toString()).text), ['n1', 'n2'], 'as the bytes clients get')
+  t.equal(replay.lost, false, 'nothing lost')
+  t.equal(replay.clamped, false, 'since is in the history')
+  t.equal(replay.epoch, JSON.parse(replay.first[0].data.toString()).epoch, 'the history\'s epoch, as its events carry it')
+  t.same(await replay.next(), [], 'then nothing: the newest was reached')
+  t.throws(() => app.fanout.history('latest'), new TypeError('history: since must be an event id (<ms>-<seq>), got "latest"'))
 })

@@ -118,3 +118,16 @@ t.test('app.close() ends the streams', async (t) => {
   t.equal(coreOf(app).hub.size, 0)
   t.ok(Date.now() - started < 3000, 'promptly')
 })
+
+t.test('a cross-origin page admitted by allowedOrigins gets its CORS header; a foreign one is refused', async (t) => {
+  const { url } = await build(t, { allowedOrigins: ['https://a.example'] })
+  const open = async (headers: Record<string, string>) => {
+    const abort = new AbortController()
+    t.teardown(() => abort.abort())
+    const response = await fetch(`${url}/guest`, { headers: { accept: 'text/event-stream', ...headers }, signal: abort.signal })
+    return { status: response.status, allow: response.headers.get('access-control-allow-origin'), vary: response.headers.get('vary') }
+  }
+  t.same(await open({ origin: 'https://a.example' }), { status: 200, allow: 'https://a.example', vary: 'Origin' }, 'admitted: the stream, with its CORS header')
+  t.same(await open({}), { status: 200, allow: null, vary: null }, 'no Origin (not a browser page): the stream, no CORS header')
+  t.equal((await open({ origin: 'https://evil.example' })).status, 403, 'a foreign origin: 403, no stream')
+})

@@ -5,7 +5,7 @@ import { createServer } from 'node:net'
 /**
  * 10240–19999, below the kernel's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range), where
  * no outgoing connection is ever given a local port: only an explicit listener can take one. The
- * Redis Cluster harness (test/redis-topology.ts) picks its node ports from 20000 up and their bus
+ * Redis Cluster harness (test/support/redis-topology.ts) picks its node ports from 20000 up and their bus
  * ports (+10000) above that, so the two never meet.
  */
 function candidates (): { low: number, high: number } {

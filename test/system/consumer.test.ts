@@ -83,6 +83,18 @@ t.test('npm pack, install into a strict TypeScript app, the README example compi
   const binExit = await bin.exited
   t.equal(binExit.code, 1, 'the standalone server without faker: exits 1')
   t.match(bin.output(), /the fastify-fanout demo needs @faker-js\/faker for its guest names: npm install @faker-js\/faker/, 'and says what to install')
+  // With faker, the command serves the demo from the package: fastify-fanout/demo, its page from demo/public.
+  await npm(['install', `@faker-js/faker@${devDependencies['@faker-js/faker']}`], app)
+  const standalonePort = await freePort()
+  const standalone = run(t, join(app, 'node_modules/.bin/fastify-fanout'), [], { PORT: String(standalonePort), HOST: '127.0.0.1', GUEST_MIN_DELAY_MS: '50', GUEST_MAX_DELAY_MS: '100', REDIS_URL: undefined }, app)
+  await waitFor(() => standalone.output().includes('Server listening') || standalone.child.exitCode !== null, 15_000, 'the standalone server to listen')
+  const page = await (await fetch(`http://127.0.0.1:${standalonePort}/`)).text()
+  t.match(page, /<meta name="fanout-stream" content="\/guest">/, 'the standalone server serves the demo page from the installed package')
+  const guests = await connect(t, `ws://127.0.0.1:${standalonePort}/guest`)
+  await guests.until((c) => c.json('guest').length >= 2, 10_000, 'guests from the in-process publisher')
+  t.match(guests.json('guest')[0], { type: 'guest', guest: /\p{Script=Han}/u }, 'guest events with Chinese names')
+  standalone.child.kill('SIGTERM')
+  t.equal((await standalone.exited).code, 0, 'and stops on SIGTERM')
   t.ok(readdirSync(join(app, 'dist')).includes('app.js'))
 
   const port = await freePort()
