@@ -10,7 +10,8 @@ import { createRedis, type RedisTarget } from './connection.js'
 import { Lease, LEASE_RELEASE_SCRIPT, LEASE_RENEW_SCRIPT, type LeaseConnection } from './lease.js'
 import { PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys, type StreamKeys } from './stream.js'
 import { Subscription, type SubscriptionConnection } from './subscription.js'
-import { brokerLog, newCounters, type BrokerLog, type LogFn } from './log.js'
+import { newCounters } from './counters.js'
+import { brokerLog, type BrokerLog, type LogFn } from './log.js'
 
 export interface RedisBrokerOptions {
   /** A single server (`{ url }`), a primary behind Sentinel, or a Cluster (lib/redis/connection.ts). */

@@ -1,5 +1,6 @@
 import type { BrokerState } from '../broker.js'
-import type { BrokerLog, RedisCounters } from './log.js'
+import type { RedisCounters } from './counters.js'
+import type { BrokerLog } from './log.js'
 
 export interface CanaryOptions {
   /** This replica's own channel. */

@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto'
 import { compareIds, encodeBody, newEpoch, type EventBody } from '../event.js'
 import { delay, retryDelay } from './retry.js'
 import type { StreamKeys } from './stream.js'
-import type { BrokerLog, RedisCounters } from './log.js'
+import type { RedisCounters } from './counters.js'
+import type { BrokerLog } from './log.js'
 
 /** The connection the outbox publishes through: the publish script defined as a command. */
 export interface PublishingConnection {

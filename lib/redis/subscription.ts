@@ -1,7 +1,8 @@
 import type { BrokerListener, Gap } from '../broker.js'
 import { compareIds, epochOf, HISTORY_PAGE, idOf } from '../event.js'
 import { parseEntry, type Entry, type RawEntry, type StreamKeys } from './stream.js'
-import type { BrokerLog, RedisCounters } from './log.js'
+import type { RedisCounters } from './counters.js'
+import type { BrokerLog } from './log.js'
 import { delay, retryDelay } from './retry.js'
 
 export interface SubscriptionConnection {
