@@ -1,10 +1,10 @@
 import type { FastifyInstance } from 'fastify'
-import { coreOf } from '../plugins/fanout.js'
-import { makeGuest } from './guests.js'
-import type { ResolvedDemoOptions } from './options.js'
 import { ANONYMOUS } from '../lib/auth.js'
 import { PROTOCOL } from '../lib/protocol.js'
+import { coreOf } from '../plugins/fanout.js'
 import { admitConnection, logText, onInbound } from '../routes/connection.js'
+import { makeGuest } from './guests.js'
+import type { ResolvedDemoOptions } from './options.js'
 
 export const GREETING = 'The server is listening to you now.'
 

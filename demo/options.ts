@@ -57,6 +57,9 @@ export function resolveDemoOptions (options: DemoOptions = {}): ResolvedDemoOpti
   }
 }
 
+/** What the standalone server serves of the demo: the page and the tutorial's `/ask`. */
+export const DEMO_STANDALONE = { askPath: '/ask', demoPath: '/' } as const satisfies DemoOptions
+
 /**
  * The demo as the standalone server runs it: the page at `/`, `/ask`, and the publisher in-process
  * unless Redis is in use (then the worker publishes) or PUBLISHER says otherwise.
@@ -65,9 +68,6 @@ export function demoOptionsFromEnv (env: Env): DemoOptions {
   const on = (env.PUBLISHER ?? (usesRedis(env) ? 'off' : 'on')) === 'on'
   return { ...DEMO_STANDALONE, publisher: on && publisherFromEnv(env) }
 }
-
-/** What the standalone server serves of the demo: the page and the tutorial's `/ask`. */
-export const DEMO_STANDALONE = { askPath: '/ask', demoPath: '/' } as const satisfies DemoOptions
 
 /** The publisher's schedule as the environment sets it (the server's in-process one, and the worker's). */
 export function publisherFromEnv (env: Env): PublisherOptions {

@@ -119,7 +119,7 @@ export class ConfigError extends Error {
 
 /** How the user spelled a setting: its option name, or its environment variable. */
 export type Namer = (key: SettingName) => string
-export const envName: Namer = (key) => (SETTINGS[key] as Setting).env ?? key
+const envName: Namer = (key) => (SETTINGS[key] as Setting).env ?? key
 export const optionName: Namer = (key) => key
 
 interface AjvError { instancePath: string, keyword: string, message?: string, params?: Record<string, unknown> }
@@ -129,7 +129,7 @@ interface AjvError { instancePath: string, keyword: string, message?: string, pa
  * names each setting as the user wrote it. `coerce`: the environment's strings become numbers and
  * booleans; options are taken as given, so `'5'` for a number is an error, not a number.
  */
-export function validate<T> (what: string, schema: TSchema, data: Record<string, unknown>, name: (key: string) => string, coerce: boolean): T {
+function validate<T> (what: string, schema: TSchema, data: Record<string, unknown>, name: (key: string) => string, coerce: boolean): T {
   try {
     // env-schema builds its ajv from these options (index.js); its types only declare the function form.
     const ajv = { customOptions: { coerceTypes: coerce } } as unknown as Parameters<typeof envSchema>[0] extends infer O ? O extends { ajv?: infer A } ? A : never : never

@@ -2,7 +2,7 @@ import type { FastifyRequest } from 'fastify'
 import type { Identity, Refusal } from './auth.js'
 import type { Broker } from './broker.js'
 import {
-  checkRedisTarget, ConfigError, optionName, PluginOptionsSchema, settingsFromEnv, validateOptions,
+  checkRedisTarget, ConfigError, DemoOptionsSchema, optionName, PluginOptionsSchema, settingsFromEnv, validateOptions,
   type Assert, type Env, type PluginSettingName, type PluginSettings, type Same, type SettingValue
 } from './config.js'
 import type { RedisTarget } from './redis/connection.js'
@@ -101,7 +101,8 @@ export type ResolvedOptions = Readonly<Omit<PluginSettings, 'allowedOrigins'>> &
   readonly redis: RedisTarget | undefined
 }
 
-const DEMO_OPTIONS = new Set(['publisher', 'askPath', 'demoPath'])
+// The demo's options as a user spells them (`publisher`, not `publisher.minDelayMs`), for a hint.
+const DEMO_OPTIONS = new Set(Object.keys(DemoOptionsSchema.properties).map((key) => key.split('.')[0]))
 const WHAT = 'fastify-fanout option'
 
 /** Validates the options as given (no coercion: a string is not a number) and fills in every default. */

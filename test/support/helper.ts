@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { WebSocket } from 'ws'
 import fanout, { type FanoutOptions } from '../../app.js'
+import { DEMO_STANDALONE } from '../../demo/options.js'
 import fanoutDemo, { type DemoOptions } from '../../demo/plugin.js'
 import { STANDALONE } from '../../lib/options.js'
 import { killOwned, ownPath, spawnOwned } from './children.js'
@@ -69,7 +70,7 @@ export interface TestApp {
  */
 export async function build (t: Tap, options: FanoutOptions & Omit<DemoOptions, 'prefix'> = {}): Promise<TestApp> {
   const logs = new LogCapture()
-  const { publisher = false, askPath = '/ask', demoPath = options.guestPath === false ? false : '/', ...plugin } = options
+  const { publisher = false, askPath = DEMO_STANDALONE.askPath, demoPath = options.guestPath === false ? false : DEMO_STANDALONE.demoPath, ...plugin } = options
   const uploadDir = plugin.uploadDir ?? tempDir(t, 'fanout-uploads-')
   const app = Fastify({ logger: { level: 'info', stream: logs } })
   await app.register(fanout, {
