@@ -7,18 +7,23 @@ import websocket from './plugins/websocket.js'
 import guestRoutes from './routes/guest.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
+import publishRoutes from './routes/publish.js'
+import streamRoutes from './routes/stream.js'
 
 // The public surface: what docs/ document, nothing else.
 export type { Authorize, FanoutOptions, ResolvedOptions } from './lib/options.js'
+export type { AuthorizeChannel, ChannelAction, NamespaceOptions } from './lib/channels.js'
 export type { Fanout, Snapshot } from './plugins/fanout.js'
-export type { Broker, BrokerState, Gap, Replay } from './lib/broker.js'
+export type { Broker, BrokerState, Gap, Position, Replay } from './lib/broker.js'
 export type { BrokerEvent, EventBody } from './lib/event.js'
 export type { Identity } from './lib/auth.js'
 export type {
-  AckMessage, ControlMessage, ErrorMessage, FanoutEvent, GapMessage, GuestEvent, ResumeMessage, ServerMessage, UploadErrorCode
+  AckMessage, ChannelErrorCode, ChannelErrorMessage, ClientCommand, ControlMessage, ErrorMessage, FanoutEvent, GapMessage, GuestEvent,
+  PublishedMessage, ResumeMessage, ServerMessage, StreamMessage, SubscribedMessage, UnsubscribedMessage, UploadErrorCode
 } from './lib/protocol.js'
 export { Refusal, refuse } from './lib/auth.js'
 export { ConfigError } from './lib/config.js'
+export { CHANNEL_PATTERN, GUEST_CHANNEL } from './lib/channels.js'
 export { CloseCode, PROTOCOL, TOKEN_PROTOCOL_PREFIX } from './lib/protocol.js'
 export { MemoryBroker } from './lib/memory-broker.js'
 export { RedisBroker } from './lib/redis/broker.js'
@@ -45,6 +50,8 @@ export default fp<FanoutOptions>(async (fastify, opts) => {
   // Routes live in their own scope, so their hooks stay theirs; `prefix` applies to them all.
   await fastify.register(async (routes) => {
     await routes.register(guestRoutes)
+    await routes.register(streamRoutes)
+    await routes.register(publishRoutes)
     await routes.register(healthRoutes)
     await routes.register(metricsRoutes)
   }, { prefix: opts.prefix })

@@ -4,6 +4,7 @@ import closeWithGrace from 'close-with-grace'
 import pino from 'pino'
 import type { ResolvedDemoOptions } from './demo/options.js'
 import type { PublisherRun } from './demo/publisher.js'
+import { GUEST_CHANNEL } from './lib/channels.js'
 import { loadEnv, type Env } from './lib/config.js'
 import { createRedisBroker } from './lib/create-broker.js'
 import { fail } from './lib/fail.js'
@@ -53,7 +54,7 @@ function publish (): PublisherRun {
   const current = startPublisher({
     publish: async (body) => {
       made++
-      const id = await broker.publish(body)
+      const id = await broker.publish(GUEST_CHANNEL, body)
       log.debug({ id, ...body }, 'published')
       return id
     },

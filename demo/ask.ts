@@ -13,7 +13,7 @@ export default async function askRoutes (fastify: FastifyInstance, { askPath }: 
   if (askPath === false) return
   const { hub } = coreOf(fastify)
   fastify.get(askPath, { websocket: true, onRequest: admitConnection }, (socket, request) => {
-    const client = hub.add(socket, socket.protocol === PROTOCOL, false)
+    const client = hub.add(socket, socket.protocol === PROTOCOL)
     client.identity = request.fanoutIdentity ?? ANONYMOUS
     onInbound(fastify, socket, request, (data, isBinary) => {
       if (isBinary) return // the PHP server answers text; uploads belong to /guest

@@ -46,12 +46,17 @@ export const SETTINGS = {
   workerLeaseMs: { env: 'WORKER_LEASE_MS', schema: Integer(5000, 200), workerOnly: true },
   redisPrefix: { env: 'REDIS_PREFIX', schema: Type.String({ default: 'fanout:' }) },
   historySize: { env: 'HISTORY_SIZE', schema: Integer(1000, 1) },
+  historyAgeMs: { env: 'HISTORY_AGE_MS', schema: Integer(86_400_000) },
+  maxChannelsPerConnection: { env: 'MAX_CHANNELS_PER_CONNECTION', schema: Integer(128, 1) },
+  publishApiKey: { env: 'PUBLISH_API_KEY', schema: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._~-]{16,}$', description: 'at least 16 characters, each a letter, a digit or one of . _ ~ -' })), secret: true },
   outboxSize: { env: 'OUTBOX_SIZE', schema: Integer(10_000, 1) },
   canaryIntervalMs: { env: 'CANARY_INTERVAL_MS', schema: Integer(2000, 100) },
   'publisher.minDelayMs': { env: 'GUEST_MIN_DELAY_MS', schema: Integer(3000), demo: true },
   'publisher.maxDelayMs': { env: 'GUEST_MAX_DELAY_MS', schema: Integer(8000), demo: true },
   'publisher.count': { env: 'GUEST_COUNT', schema: OptionalInteger(), demo: true },
   guestPath: { schema: RoutePath('/guest') },
+  streamPath: { schema: RoutePath('/stream') },
+  publishPath: { schema: RoutePath('/publish') },
   askPath: { schema: RoutePath(false), demo: true },
   demoPath: { schema: RoutePath(false), demo: true },
   metricsPath: { schema: RoutePath(false) },
@@ -103,6 +108,8 @@ export const EnvSchema = Type.Object({
   HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
   PUBLISHER: Type.Optional(OneOf(['on', 'off'])),
   LOG_LEVEL: OneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
+  // The `namespaces` option as JSON (its hooks aside): lib/options.ts reads it.
+  NAMESPACES: Type.Optional(Type.String({ minLength: 2 })),
   ...Object.fromEntries(entries.flatMap(([, s]) => s.env ? [[s.env, s.schema]] : [])) as EnvProperties
 })
 

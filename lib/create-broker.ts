@@ -5,11 +5,11 @@ import { RedisBroker } from './redis/broker.js'
 import type { RedisTarget } from './redis/connection.js'
 import type { LogFn } from './redis/log.js'
 
-type BrokerOptions = Pick<ResolvedOptions, 'redis' | 'redisPrefix' | 'redisWaitReplicas' | 'historySize' | 'outboxSize' | 'canaryIntervalMs'>
+type BrokerOptions = Pick<ResolvedOptions, 'redis' | 'redisPrefix' | 'redisWaitReplicas' | 'channels' | 'outboxSize' | 'canaryIntervalMs'>
 
 /** The broker the resolved options describe: Redis where they name a deployment, else in memory. */
 export function createBroker (options: BrokerOptions, log: LogFn): Broker {
-  return options.redis === undefined ? new MemoryBroker(options.historySize) : createRedisBroker(options.redis, options, log)
+  return options.redis === undefined ? new MemoryBroker((channel) => options.channels.of(channel)) : createRedisBroker(options.redis, options, log)
 }
 
 /** The Redis broker (the worker's, which needs its lease). */
@@ -17,7 +17,7 @@ export function createRedisBroker (target: RedisTarget, options: Omit<BrokerOpti
   return new RedisBroker({
     target,
     prefix: options.redisPrefix,
-    historySize: options.historySize,
+    rules: (channel) => options.channels.of(channel),
     outboxSize: options.outboxSize,
     canaryIntervalMs: options.canaryIntervalMs,
     waitReplicas: options.redisWaitReplicas,

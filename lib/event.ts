@@ -26,6 +26,7 @@ export interface FrameBlock { frames: Buffer, count: number, lastId: string }
 
 const ID_PREFIX = '{"id":"'
 const EPOCH_PREFIX = '","epoch":"'
+const CHANNEL_PREFIX = '","channel":"'
 
 /** The most events one read of a history returns (a replay reads page by page). */
 export const HISTORY_PAGE = 500
@@ -60,13 +61,16 @@ export function encodeBody (body: EventBody): string {
   if (typeof body !== 'object' || body === null || typeof body.type !== 'string') {
     throw new TypeError('an event must be an object with a string "type"')
   }
-  if ('id' in body || 'epoch' in body) throw new TypeError('an event\'s "id" and "epoch" are assigned by the broker')
+  if ('id' in body || 'epoch' in body || 'channel' in body) throw new TypeError('an event\'s "id", "epoch" and "channel" are set by the broker')
   return JSON.stringify(body)
 }
 
-/** `{"type":…}` → `{"id":"<id>","epoch":"<epoch>","type":…}`. The Redis publish script makes the same bytes. */
-export function withId (id: string, epoch: string, body: string): Buffer {
-  return Buffer.from(`${ID_PREFIX}${id}${EPOCH_PREFIX}${epoch}",${body.slice(1)}`)
+/**
+ * `{"type":…}` → `{"id":"<id>","epoch":"<epoch>","channel":"<channel>","type":…}`. The Redis
+ * publish script makes the same bytes. Channel names need no escaping (lib/channels.ts).
+ */
+export function withId (id: string, epoch: string, channel: string, body: string): Buffer {
+  return Buffer.from(`${ID_PREFIX}${id}${EPOCH_PREFIX}${epoch}${CHANNEL_PREFIX}${channel}",${body.slice(1)}`)
 }
 
 /** Reads the id back out of event bytes made by `withId`, without parsing the JSON. */

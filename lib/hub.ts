@@ -14,6 +14,16 @@ const BLOCK_BYTES = 64 * 1024
 /** How long a replay may hold its slot while the client reads what was written. */
 const REPLAY_FLUSH_WAIT_MS = 5000
 
+/** What a resume found, told to the client by the caller (`resume` on /guest, `subscribed` on /stream). */
+export interface ResumeResult {
+  replayed: number
+  lost: boolean
+  clamped: boolean
+  epoch: string | undefined
+  /** The newest event the client has now: the last replayed, or where the replay started. */
+  position: string
+}
+
 export interface HubOptions {
   /** Bytes a client may have waiting to be written before it is cut off as a slow consumer. */
   maxBufferedBytes: number
@@ -22,31 +32,48 @@ export interface HubOptions {
   /** Resumes replaying at once; the rest wait their turn, so a reconnect storm has a bounded cost. */
   maxConcurrentReplays: number
   stats: Stats
+  /** A channel lost a local subscriber (unsubscribe or close): the broker may stop receiving it. */
+  onLeave?: (channel: string) => void
 }
 
 const HEARTBEAT_SLICES = 10
 
-/** One connected client, as the hub sees it. */
-export class Client {
-  /** Live events (and gaps among them) held back while this client's replay is read from history. */
+/** One client in one channel: where its delivery and its resume stand. */
+export class Membership {
+  /** Live events (and gaps among them) held back while this membership's replay is read from history. */
   held: Array<BrokerEvent | Gap> | undefined
   heldBytes = 0
   /** While a replay is written: the last event it wrote, to tell the client exactly what a gap took. */
   replayedLast: BrokerEvent | undefined
   /** Waiting for a replay slot: live events are skipped, the replay will read them from history. */
   queued = false
-  alive = true
-  /** Which tick of the heartbeat's cycle pings this client (Hub #ping). */
-  pingSlot = 0
   /**
-   * A resumed client's newest replayed event. The history read and live delivery travel on
+   * A resumed membership's newest replayed event. The history read and live delivery travel on
    * different Redis connections, so replayed events can still arrive live after the replay:
    * live events up to this id are skipped. Cleared by the first newer one, as the broker
    * delivers in id order.
    */
   lastId: string | undefined
+  /** False once unsubscribed (or closed): a replay still running for it stops. */
+  active = true
+
+  constructor (readonly client: Client, readonly channel: string) {}
+
+  /** Whether a resumed membership already got event `id` in its replay. */
+  hasSeen (id: string): boolean {
+    return this.lastId !== undefined && compareIds(id, this.lastId) <= 0
+  }
+}
+
+/** One connected client, as the hub sees it. */
+export class Client {
+  alive = true
+  /** Which tick of the heartbeat's cycle pings this client (Hub #ping). */
+  pingSlot = 0
   /** What `authorize` returned for this connection. */
   identity: Identity = ANONYMOUS
+  /** Its channels. */
+  readonly channels = new Map<string, Membership>()
   /**
    * The hub's turn in which this client has live frames waiting to be written, and their range
    * in that turn's frames (Hub.deliver).
@@ -65,16 +92,11 @@ export class Client {
 
   get open (): boolean { return this.transport.open }
 
-  frame (event: BrokerEvent): Buffer { return this.transport.frame(event) }
+  frame (event: BrokerEvent, channel: string): Buffer { return this.transport.frame(event, channel) }
 
   close (code: number, reason: string): void { this.transport.close(code, reason) }
 
   terminate (): void { this.transport.terminate() }
-
-  /** Whether a resumed client already got event `id` in its replay. */
-  hasSeen (id: string): boolean {
-    return this.lastId !== undefined && compareIds(id, this.lastId) <= 0
-  }
 }
 
 /**
@@ -87,8 +109,8 @@ export class Client {
 export class Hub {
   /** Every connection, for heartbeat, drain and capacity. */
   readonly clients = new Set<Client>()
-  /** The connections that receive broadcast events. */
-  readonly #subscribers = new Set<Client>()
+  /** Who receives each channel's events. */
+  readonly #channels = new Map<string, Set<Membership>>()
   #corked: Socket[] = []
   #replaying = 0
   #waitingToReplay: Array<() => void> = []
@@ -113,22 +135,49 @@ export class Hub {
 
   get size (): number { return this.clients.size }
 
-  /** Tracks a WebSocket; with `subscribe`, it receives every broadcast event. */
-  add (ws: WebSocket, control: boolean, subscribe = true): Client {
-    return this.addClient(new Client(new WebSocketTransport(ws), control), subscribe)
+  /** Channels with a subscriber here. */
+  get channelCount (): number { return this.#channels.size }
+
+  /** Tracks a WebSocket. */
+  add (ws: WebSocket, control: boolean): Client {
+    return this.addClient(new Client(new WebSocketTransport(ws), control))
   }
 
-  /** Tracks a client of any transport; with `subscribe`, it receives every broadcast event. */
-  addClient (client: Client, subscribe = true): Client {
+  /** Tracks a client of any transport; it receives the events of the channels it subscribes to. */
+  addClient (client: Client): Client {
     client.pingSlot = this.#pingSlots++ % HEARTBEAT_SLICES
     this.clients.add(client)
-    if (subscribe) this.#subscribers.add(client)
     client.transport.onPong(() => { client.alive = true })
     client.transport.onClose(() => {
       this.clients.delete(client)
-      this.#subscribers.delete(client)
+      for (const membership of client.channels.values()) this.unsubscribe(membership)
     })
     return client
+  }
+
+  /** From now on, `client` receives the channel's live events. */
+  subscribe (client: Client, channel: string): Membership {
+    const membership = new Membership(client, channel)
+    client.channels.set(channel, membership)
+    let members = this.#channels.get(channel)
+    if (members === undefined) this.#channels.set(channel, members = new Set())
+    members.add(membership)
+    this.#options.stats.subscribed(channel, members.size === 1)
+    return membership
+  }
+
+  unsubscribe (membership: Membership): void {
+    const { client, channel } = membership
+    if (client.channels.get(channel) !== membership) return
+    client.channels.delete(channel)
+    membership.active = false
+    membership.held = undefined
+    const members = this.#channels.get(channel)
+    members?.delete(membership)
+    const last = members?.size === 0
+    if (last) this.#channels.delete(channel)
+    this.#options.stats.unsubscribed(channel, last)
+    this.#options.onLeave?.(channel)
   }
 
   /**
@@ -136,41 +185,49 @@ export class Hub {
    * are written at the end of the turn (#flushAll), or before anything else the client is sent,
    * as one run of the turn's frames joined once for every client that gets the same run.
    */
-  deliver (event: BrokerEvent): void {
+  deliver (channel: string, event: BrokerEvent): void {
     const stats = this.#options.stats
     stats.eventsIn++
+    const members = this.#channels.get(channel)
+    if (members === undefined) return
     const frame = frameOf(event)
     const at = this.#frames.push(frame) - 1
     if (at === 0) process.nextTick(this.#flushAll)
     const turn = this.#turn
     let delivered = 0
-    for (const client of this.#subscribers) {
-      if (client.queued) continue
-      if (client.held) {
-        client.held.push(event)
-        client.heldBytes += client.frame(event).length
-        if (client.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
-      } else if (client.hasSeen(event.id)) {
+    let scheduled = 0
+    for (const membership of members) {
+      if (membership.queued) continue
+      const client = membership.client
+      if (membership.held) {
+        membership.held.push(event)
+        membership.heldBytes += event.data.length
+        if (membership.heldBytes > this.#options.maxBufferedBytes) this.#cutOff(client)
+      } else if (membership.hasSeen(event.id)) {
         continue // replayed already
       } else if (!client.joinsTurns) {
         // Other transports (EventSource) have bytes of their own: written as they come, corked.
-        if (this.#write(client, client.frame(event))) {
-          client.lastId = undefined
+        if (this.#write(client, client.frame(event, channel))) {
+          membership.lastId = undefined
           delivered++
         }
       } else if (client.pendingTurn === turn && client.pendingTo === at) {
         client.pendingTo = at + 1
+        membership.lastId = undefined
+        scheduled++
       } else if (client.open) {
         // A client that skipped an event of this turn (replayed already) gets its earlier run now.
         if (client.pendingTurn === turn) this.#flush(client)
-        client.lastId = undefined
+        membership.lastId = undefined
         client.pendingTurn = turn
         client.pendingFrom = at
         client.pendingTo = at + 1
         this.#pending.push(client)
+        scheduled++
       }
     }
     stats.deliveries += delivered
+    stats.delivered(channel, delivered + scheduled)
   }
 
   readonly #flushAll = (): void => {
@@ -211,100 +268,102 @@ export class Hub {
   }
 
   /**
-   * Events the broker could not deliver and no history holds: each `fanout.v1` client connected
-   * now is told, in order with the events. A client in the middle of a replay holds the gap in
+   * Events the broker could not deliver and no history holds: each `fanout.v1` subscriber of the
+   * channel is told, in order with the events. One in the middle of a replay holds the gap in
    * its place among the live events, and learns after its history what it missed (#tellHeldGap);
    * one waiting for a replay slot learns it from its replay's own `lost`.
    */
-  deliverGap (gap: Gap): void {
-    const message = { type: 'gap', after: gap.after ?? null, lost: gap.lost, reason: gap.reason } as const
-    for (const client of this.#subscribers) {
-      if (!client.control || client.queued) continue
-      if (client.held) client.held.push(gap)
-      else this.sendJson(client, message)
+  deliverGap (channel: string, gap: Gap): void {
+    const message = { type: 'gap', channel, after: gap.after ?? null, lost: gap.lost, reason: gap.reason } as const
+    for (const membership of this.#channels.get(channel) ?? []) {
+      if (!membership.client.control || membership.queued) continue
+      if (membership.held) membership.held.push(gap)
+      else this.sendJson(membership.client, message)
     }
   }
 
   /**
-   * A gap among a resuming client's held events, told once the events before it are written.
+   * A gap among a resuming membership's held events, told once the events before it are written.
    * Its history may have covered the gap, wholly or in part: what the client missed runs from
    * the last event it was written to the first held event after the gap.
    */
-  #tellHeldGap (client: Client, gap: Gap, next: BrokerEvent | undefined): void {
-    const last = client.replayedLast
-    if (next !== undefined && client.hasSeen(next.id)) return // its history went past the gap
+  #tellHeldGap (membership: Membership, gap: Gap, next: BrokerEvent | undefined): void {
+    const { client, channel } = membership
+    const last = membership.replayedLast
+    if (next !== undefined && membership.hasSeen(next.id)) return // its history went past the gap
     if (gap.reason === 'trimmed' && next?.seq !== undefined && last?.seq !== undefined && next.epoch === last.epoch) {
       const lost = next.seq - last.seq - 1
-      if (lost > 0) this.sendJson(client, { type: 'gap', after: last.id, lost, reason: gap.reason })
+      if (lost > 0) this.sendJson(client, { type: 'gap', channel, after: last.id, lost, reason: gap.reason })
       return
     }
     // Where the counts cannot tell: from the gap's own place if the client is not past it.
     const behind = last === undefined || gap.after === undefined || compareIds(last.id, gap.after) <= 0
-    this.sendJson(client, { type: 'gap', after: behind ? gap.after ?? null : last.id, lost: behind ? gap.lost : null, reason: gap.reason })
+    this.sendJson(client, { type: 'gap', channel, after: behind ? gap.after ?? null : last.id, lost: behind ? gap.lost : null, reason: gap.reason })
   }
 
   /**
-   * Replays history to a client that resumes after `since`, with no gap and no duplicate: live
-   * events are held from the moment its replay begins (before the history read), the history is
-   * written a page at a time, then the held events follow, skipping any the history covered.
-   * At most `maxConcurrentReplays` run at once; the others wait, skipping live events, which
-   * their replay then reads from history.
+   * Replays a channel's history to a membership that resumes after `since`, with no gap and no
+   * duplicate: live events are held from the moment its replay begins (before the history read),
+   * the history is written a page at a time, `report` tells the client how it went, then the
+   * held events follow, skipping any the history covered. At most `maxConcurrentReplays` run at
+   * once; the others wait, skipping live events, which their replay then reads from history.
    */
-  async resume (client: Client, since: string, open: (since: string, notBefore: number) => Promise<Replay>, epoch?: string): Promise<{ replayed: number, lost: boolean, clamped: boolean }> {
-    await this.#replaySlot(client)
+  async resume (membership: Membership, since: string, open: (since: string, notBefore: number) => Promise<Replay>,
+    report: (result: ResumeResult) => void, epoch?: string): Promise<ResumeResult> {
+    const client = membership.client
+    await this.#replaySlot(membership)
     try {
-      if (!client.open) return { replayed: 0, lost: false, clamped: false }
-      client.held = []
-      client.lastId = since
+      if (!client.open || !membership.active) return { replayed: 0, lost: false, clamped: false, epoch: undefined, position: since }
+      membership.held = []
+      membership.lastId = since
       let replayed = 0
       let replay: Replay
       try {
         replay = await open(since, performance.now())
-        client.lastId = replay.from
-        for (let page = replay.first; page.length > 0 && client.open; page = await replay.next()) {
-          replayed += await this.#replay(client, page, true)
+        membership.lastId = replay.from
+        for (let page = replay.first; page.length > 0 && client.open && membership.active; page = await replay.next()) {
+          replayed += await this.#replay(membership, page, true)
         }
       } catch (err) {
-        client.held = undefined
-        client.replayedLast = undefined
+        membership.held = undefined
+        membership.replayedLast = undefined
         client.close(CloseCode.TRY_AGAIN_LATER, 'history unavailable')
         throw err
       }
       // A client that names the epoch of its `since` learns of a reset even when ids cannot tell.
       const lost = replay.lost || (epoch !== undefined && replay.epoch !== undefined && epoch !== replay.epoch)
       this.#options.stats.replayed += replayed
-      if (client.control) {
-        this.sendJson(client, { type: 'resume', since, replayed, lost, clamped: replay.clamped, epoch: replay.epoch ?? null })
-      }
+      const result = { replayed, lost, clamped: replay.clamped, epoch: replay.epoch, position: membership.lastId ?? replay.from }
+      if (membership.active) report(result)
       // Live events that came while the history was written; more may come while these are.
-      while (client.held && client.held.length > 0) {
-        const held = client.held
-        client.held = []
-        client.heldBytes = 0
-        await this.#replay(client, held)
+      while (membership.held && membership.held.length > 0) {
+        const held = membership.held
+        membership.held = []
+        membership.heldBytes = 0
+        await this.#replay(membership, held)
       }
-      client.held = undefined
-      client.replayedLast = undefined
+      membership.held = undefined
+      membership.replayedLast = undefined
       // The slot is free once the replay has left this process, not merely been queued: a storm
       // of slow readers would otherwise hold every replay in memory at once. A reader that
       // stalls gives it up after a while (and meets the slow-consumer cap like anyone else).
       await Promise.race([drained(client), sleep(REPLAY_FLUSH_WAIT_MS, undefined, { ref: false })])
-      return { replayed, lost, clamped: replay.clamped }
+      return result
     } finally {
       this.#releaseReplaySlot()
     }
   }
 
-  async #replaySlot (client: Client): Promise<void> {
+  async #replaySlot (membership: Membership): Promise<void> {
     if (this.#replaying < this.#options.maxConcurrentReplays) {
       this.#replaying++
       return
     }
-    client.queued = true
+    membership.queued = true
     this.#options.stats.replaysQueued++
     // The slot is handed over by the replay that releases it: #replaying does not change.
     await new Promise<void>((resolve) => this.#waitingToReplay.push(resolve))
-    client.queued = false
+    membership.queued = false
   }
 
   #releaseReplaySlot (): void {
@@ -320,24 +379,25 @@ export class Hub {
    * blocks of frames: one write per block, not per event, so thousands of resuming clients make
    * a few objects each, not one per event.
    */
-  async #replay (client: Client, events: Array<BrokerEvent | Gap>, fromHistory = false): Promise<number> {
+  async #replay (membership: Membership, events: Array<BrokerEvent | Gap>, fromHistory = false): Promise<number> {
+    const client = membership.client
     let written = 0
-    for (let i = 0; i < events.length && client.open;) {
+    for (let i = 0; i < events.length && client.open && membership.active;) {
       const item = events[i]
       if (isGap(item)) {
-        this.#tellHeldGap(client, item, events.slice(i + 1).find((e): e is BrokerEvent => !isGap(e)))
+        this.#tellHeldGap(membership, item, events.slice(i + 1).find((e): e is BrokerEvent => !isGap(e)))
         i++
         continue
       }
-      if (client.hasSeen(item.id)) {
+      if (membership.hasSeen(item.id)) {
         i++
         continue
       }
-      const block = fromHistory ? this.#blockAt(client, events as BrokerEvent[], i) : undefined
+      const block = fromHistory && client.transport.sharesFrames ? this.#blockAt(client, events as BrokerEvent[], i) : undefined
       const count = block?.count ?? 1
-      if (this.#write(client, block?.frames ?? client.frame(item))) {
-        client.replayedLast = events[i + count - 1] as BrokerEvent
-        client.lastId = client.replayedLast.id
+      if (this.#write(client, block?.frames ?? client.frame(item, membership.channel))) {
+        membership.replayedLast = events[i + count - 1] as BrokerEvent
+        membership.lastId = membership.replayedLast.id
         written += count
       }
       i += count
@@ -356,9 +416,10 @@ export class Hub {
     const limit = Math.min(BLOCK_BYTES, this.#options.maxBufferedBytes / 2)
     const frames: Buffer[] = []
     let bytes = 0
-    for (let j = i; j < events.length && (j === i || bytes + client.frame(events[j]).length <= limit); j++) {
-      frames.push(client.frame(events[j]))
-      bytes += client.frame(events[j]).length
+    for (let j = i; j < events.length && (j === i || bytes + client.transport.frame(events[j], '').length <= limit); j++) {
+      const frame = client.transport.frame(events[j], '')
+      frames.push(frame)
+      bytes += frame.length
     }
     const block = { frames: frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes), count: frames.length, lastId: events[i + frames.length - 1].id }
     blocks.set(kind, block)
@@ -410,7 +471,7 @@ export class Hub {
   #cutOff (client: Client): void {
     if (!client.open) return
     this.#options.stats.slowConsumerDrops++
-    client.held = undefined
+    for (const membership of client.channels.values()) membership.held = undefined
     client.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
     client.terminate()
   }

@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { Identity, Refusal } from './auth.js'
 import type { Broker } from './broker.js'
+import { CHANNEL_PATTERN, ChannelRules, type AuthorizeChannel, type NamespaceOptions } from './channels.js'
 import {
   checkRedisTarget, ConfigError, DemoOptionsSchema, optionName, PluginOptionsSchema, settingsFromEnv, validateOptions,
   type Assert, type Env, type PluginSettingName, type PluginSettings, type Same, type SettingValue
@@ -33,12 +34,29 @@ export interface FanoutOptions {
   redisPrefix?: string
   /** Events kept for resume. [1000] */
   historySize?: number
+  /**
+   * Events older than this are trimmed from a channel's history, and a channel idle this long (plus
+   * 10 minutes) expires, keys and all (ms); 0: kept by count alone, never expiring. [86400000]
+   */
+  historyAgeMs?: number
+  /** Settings per namespace, the part of a channel's name before its first `:` (docs/channels.md). */
+  namespaces?: Record<string, NamespaceOptions>
+  /** Who may subscribe to, and publish on, which channel; a namespace's own hook comes first. */
+  authorizeChannel?: AuthorizeChannel
+  /** Channels one connection may subscribe to at once. [128] */
+  maxChannelsPerConnection?: number
+  /** The key `POST <publishPath>/:channel` asks for (`Authorization: Bearer <key>`); unset: that route is off. */
+  publishApiKey?: string
   /** Events a publisher holds while Redis is unreachable. [10000] */
   outboxSize?: number
   /** How often the replica checks that Redis delivers (ms). [2000] */
   canaryIntervalMs?: number
-  /** The event stream (WebSocket and EventSource). [/guest] */
+  /** The guest channel's stream (WebSocket and EventSource). [/guest] */
   guestPath?: string | false
+  /** The stream of many channels (WebSocket and EventSource). [/stream] */
+  streamPath?: string | false
+  /** HTTP publishing, `POST <publishPath>/:channel`, on once `publishApiKey` is set. [/publish] */
+  publishPath?: string | false
   /** Prometheus text. [false] */
   metricsPath?: string | false
   /** Liveness. [false] */
@@ -84,7 +102,7 @@ export interface FanoutOptions {
 }
 
 /** Options that are not settings: objects and functions, and Fastify's own. */
-type NotSettings = 'broker' | 'authorize' | 'prefix'
+type NotSettings = 'broker' | 'authorize' | 'prefix' | 'namespaces' | 'authorizeChannel'
 
 // Compile-time: FanoutOptions has exactly the plugin's settings, each with the table's type; a
 // setting added to one and not the other fails the build here.
@@ -97,6 +115,10 @@ export type ResolvedOptions = Readonly<Omit<PluginSettings, 'allowedOrigins'>> &
   readonly allowedOrigins: readonly string[]
   readonly broker: Broker | undefined
   readonly authorize: Authorize | undefined
+  readonly namespaces: Readonly<Record<string, Readonly<NamespaceOptions>>>
+  readonly authorizeChannel: AuthorizeChannel | undefined
+  /** Each channel's settings: its namespace's over the defaults. */
+  readonly channels: ChannelRules
   /** The Redis deployment the redis* options describe; undefined: the in-memory broker. */
   readonly redis: RedisTarget | undefined
 }
@@ -107,7 +129,7 @@ const WHAT = 'fastify-fanout option'
 
 /** Validates the options as given (no coercion: a string is not a number) and fills in every default. */
 export function resolveOptions (options: FanoutOptions = {}): ResolvedOptions {
-  const values = validateOptions<PluginSettings>(WHAT, PluginOptionsSchema, { ...options }, ['broker', 'authorize'], (unknown) => {
+  const values = validateOptions<PluginSettings>(WHAT, PluginOptionsSchema, { ...options }, ['broker', 'authorize', 'namespaces', 'authorizeChannel'], (unknown) => {
     const demo = unknown.filter((key) => DEMO_OPTIONS.has(key))
     return demo.length > 0 ? ` (${demo.join(', ')}: options of the demo plugin, fastify-fanout/demo)` : ''
   })
@@ -117,13 +139,59 @@ export function resolveOptions (options: FanoutOptions = {}): ResolvedOptions {
   if (options.authorize && values.uploadToken) {
     throw new ConfigError(`invalid ${WHAT}: uploadToken is a built-in authorize; pass authorize or uploadToken, not both`)
   }
+  if (options.authorizeChannel !== undefined && typeof options.authorizeChannel !== 'function') {
+    throw new ConfigError(`invalid ${WHAT}: authorizeChannel must be a function`)
+  }
+  const namespaces = checkNamespaces(WHAT, 'namespaces', options.namespaces ?? {})
   return Object.freeze({
     ...values,
     allowedOrigins: Object.freeze([...values.allowedOrigins ?? []]),
     broker: options.broker,
     authorize: options.authorize,
+    namespaces,
+    authorizeChannel: options.authorizeChannel,
+    channels: new ChannelRules({
+      historySize: values.historySize,
+      historyAgeMs: values.historyAgeMs,
+      clientPublish: false,
+      authorizeChannel: options.authorizeChannel
+    }, namespaces),
     redis: checkRedisTarget(WHAT, values, optionName)
   })
+}
+
+const NAMESPACE_FIELDS: Record<keyof NamespaceOptions, (v: unknown) => boolean> = {
+  historySize: (v) => Number.isInteger(v) && (v as number) >= 1,
+  historyAgeMs: (v) => Number.isInteger(v) && (v as number) >= 0,
+  clientPublish: (v) => typeof v === 'boolean',
+  authorizeChannel: (v) => typeof v === 'function'
+}
+const NAMESPACE_NEEDS: Record<keyof NamespaceOptions, string> = {
+  historySize: 'an integer ≥ 1',
+  historyAgeMs: 'an integer ≥ 0 (ms)',
+  clientPublish: 'true or false',
+  authorizeChannel: 'a function'
+}
+
+/** The namespaces option (or NAMESPACES), checked field by field; errors name the namespace and the field. */
+function checkNamespaces (what: string, name: string, given: unknown): Readonly<Record<string, Readonly<NamespaceOptions>>> {
+  if (typeof given !== 'object' || given === null || Array.isArray(given)) throw new ConfigError(`invalid ${what}: ${name} must be an object of namespace settings`)
+  const checked: Record<string, Readonly<NamespaceOptions>> = {}
+  for (const [namespace, settings] of Object.entries(given)) {
+    if (!CHANNEL_PATTERN.test(namespace) || namespace.includes(':')) {
+      throw new ConfigError(`invalid ${what}: ${name} has ${JSON.stringify(namespace)}, not a namespace (letters, digits and _ . @ -, no ":")`)
+    }
+    if (typeof settings !== 'object' || settings === null) throw new ConfigError(`invalid ${what}: ${name}.${namespace} must be an object`)
+    for (const [field, value] of Object.entries(settings)) {
+      const valid = NAMESPACE_FIELDS[field as keyof NamespaceOptions]
+      if (valid === undefined) throw new ConfigError(`invalid ${what}: ${name}.${namespace} has unknown setting "${field}" (known: ${Object.keys(NAMESPACE_FIELDS).join(', ')})`)
+      if (value !== undefined && !valid(value)) {
+        throw new ConfigError(`invalid ${what}: ${name}.${namespace}.${field} must be ${NAMESPACE_NEEDS[field as keyof NamespaceOptions]}, got ${typeof value === 'function' ? 'a function' : JSON.stringify(value)}`)
+      }
+    }
+    checked[namespace] = Object.freeze({ ...settings as NamespaceOptions })
+  }
+  return Object.freeze(checked)
 }
 
 /** What the standalone server serves besides the stream: metrics, health, readiness and uploads. */
@@ -136,5 +204,15 @@ export const STANDALONE = {
 
 /** The plugin's options as the environment sets them: the standalone server's and the worker's. */
 export function optionsFromEnv (env: Env): FanoutOptions {
-  return { ...STANDALONE, ...settingsFromEnv(env, (key) => key in PluginOptionsSchema.properties) }
+  const options: FanoutOptions = { ...STANDALONE, ...settingsFromEnv(env, (key) => key in PluginOptionsSchema.properties) }
+  if (env.NAMESPACES !== undefined) {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(env.NAMESPACES)
+    } catch (err) {
+      throw new ConfigError(`invalid configuration: NAMESPACES must be JSON, e.g. {"room":{"historySize":100}}: ${(err as Error).message}`)
+    }
+    options.namespaces = { ...checkNamespaces('configuration', 'NAMESPACES', parsed) }
+  }
+  return options
 }

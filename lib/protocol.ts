@@ -26,7 +26,7 @@ export const CLOSE_GRACE_MS = 1000
  * cannot be compared with the old one's). `T` is the body you publish, e.g.
  * `FanoutEvent<{ type: 'news', text: string }>`.
  */
-export type FanoutEvent<T extends { type: string } = { type: string, [field: string]: unknown }> = T & { id: string, epoch: string }
+export type FanoutEvent<T extends { type: string } = { type: string, [field: string]: unknown }> = T & { id: string, epoch: string, channel: string }
 
 /** The tutorial's event, as the guest publisher makes it. */
 export type GuestEvent = FanoutEvent<{ type: 'guest', guest: string, time: string, ts: number }>
@@ -70,6 +70,8 @@ export interface ResumeMessage {
  */
 export interface GapMessage {
   type: 'gap'
+  /** The channel that lost them. */
+  channel: string
   /** The last event delivered before the gap; null when there was none. */
   after: string | null
   /** How many were lost; null when nobody can tell. */
@@ -77,11 +79,72 @@ export interface GapMessage {
   reason: 'trimmed' | 'history_reset'
 }
 
-/** Every message the server sends a `fanout.v1` client besides events (an EventSource gets them as named events). */
-export type ControlMessage = AckMessage | ErrorMessage | ResumeMessage | GapMessage
+/** Why a channel command was refused; the socket stays open. */
+export type ChannelErrorCode =
+  | 'bad_channel' // not a channel name (docs/channels.md)
+  | 'forbidden' // authorizeChannel said no, or clients may not publish there
+  | 'too_many' // the connection is at maxChannelsPerConnection
+  | 'already_subscribed'
+  | 'not_subscribed'
+  | 'bad_request' // not a command this server knows
+  | 'publish_failed' // the broker could not take the event
+  | 'unavailable' // the broker cannot place the channel now: try again
+
+/** A command on `/stream` was refused. */
+export interface ChannelErrorMessage {
+  type: 'error'
+  code: ChannelErrorCode
+  /** The channel the command named, when it named one. */
+  channel?: string
+  message: string
+}
 
 /**
- * Everything a `fanout.v1` client can receive: events (`E`: your events; the guest event by
- * default) and control messages. Tell them apart by `type`, in an exhaustive `switch`.
+ * A subscription stands: events of the channel follow. With `since`, it comes after the replay,
+ * which is in order before it.
  */
-export type ServerMessage<E extends FanoutEvent = GuestEvent> = E | ControlMessage
+export interface SubscribedMessage {
+  type: 'subscribed'
+  channel: string
+  /** The channel's epoch; null while it has no history. */
+  epoch: string | null
+  /** The newest event of the channel this client has (or `0-0`): resume from here. */
+  position: string
+  replayed: number
+  /** Events after `since` are not in the history any more (or `since` is of an earlier epoch). */
+  lost: boolean
+  /** `since` was ahead of the newest event. */
+  clamped: boolean
+}
+
+export interface UnsubscribedMessage {
+  type: 'unsubscribed'
+  channel: string
+}
+
+/** A client's publish was taken: `id` is its event id; `ref` echoes the command's. */
+export interface PublishedMessage {
+  type: 'published'
+  channel: string
+  id: string
+  ref?: string | number
+}
+
+/** Every message the server sends a `fanout.v1` client besides events (an EventSource gets them as named events). */
+export type ControlMessage = AckMessage | ErrorMessage | ResumeMessage | GapMessage | ChannelErrorMessage | SubscribedMessage | UnsubscribedMessage | PublishedMessage
+
+/** What a `fanout.v1` client sends on `/stream` (as text frames of JSON). */
+export type ClientCommand =
+  | { type: 'subscribe', channel: string, since?: string, epoch?: string }
+  | { type: 'unsubscribe', channel: string }
+  | { type: 'publish', channel: string, event: { type: string, [field: string]: unknown }, ref?: string | number }
+
+/**
+ * Everything a `fanout.v1` client of `/guest` can receive: events (`E`: your events; the guest
+ * event by default) and control messages. Tell them apart by `type`, in an exhaustive `switch`.
+ */
+export type ServerMessage<E extends FanoutEvent = GuestEvent> = E | AckMessage | ErrorMessage | ResumeMessage | GapMessage
+
+/** Everything a `fanout.v1` client of `/stream` can receive: the events of its channels and the answers to its commands. */
+export type StreamMessage<E extends FanoutEvent = FanoutEvent> =
+  E | AckMessage | ErrorMessage | ChannelErrorMessage | GapMessage | SubscribedMessage | UnsubscribedMessage | PublishedMessage

@@ -1,4 +1,5 @@
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks'
+import { namespaceOf } from './channels.js'
 
 /**
  * Every counter, once: its name in the pino `metrics` line and in `stats`, and its Prometheus
@@ -13,6 +14,8 @@ export const COUNTERS = {
   heartbeatTimeouts: 'Clients terminated for missing a ping',
   rateLimited: 'Clients closed for exceeding the inbound rate',
   handshakesRefused: 'Connections refused before the upgrade: origin, capacity, authorize',
+  channelErrors: 'Channel commands refused: bad name, forbidden, too many, unknown command, publish failed',
+  httpPublishes: 'Events published over HTTP, through the publish route',
   textMessages: 'Text messages received',
   textLogSuppressed: 'Text messages not logged over the log rate',
   uploads: 'Uploads saved',
@@ -34,9 +37,23 @@ const NAMES = Object.keys(COUNTERS) as CounterName[]
 // place: the broadcast path adds to them once per event, never once per client.
 export interface Stats extends Counters {}
 
+/** One namespace's numbers: never per channel, whose names are unbounded (label cardinality). */
+export interface NamespaceCounters {
+  /** Channels of the namespace with a subscriber on this replica. */
+  channels: number
+  /** (client, channel) subscriptions on this replica. */
+  subscriptions: number
+  /** Events published through this replica (app, HTTP, clients). */
+  publishes: number
+  /** Event frames sent to this replica's subscribers, live. */
+  deliveries: number
+}
+
 /** The counters behind both the pino metrics line and `/metrics`, and the event-loop delay. */
 export class Stats {
   readonly #loopDelay: IntervalHistogram
+  /** By namespace (`''`: names without a `:`). */
+  readonly namespaces = new Map<string, NamespaceCounters>()
 
   constructor () {
     for (const name of NAMES) this[name] = 0
@@ -53,6 +70,29 @@ export class Stats {
   resetLoopDelay (): void { this.#loopDelay.reset() }
 
   close (): void { this.#loopDelay.disable() }
+
+  namespace (channel: string): NamespaceCounters {
+    const name = namespaceOf(channel)
+    let counters = this.namespaces.get(name)
+    if (counters === undefined) this.namespaces.set(name, counters = { channels: 0, subscriptions: 0, publishes: 0, deliveries: 0 })
+    return counters
+  }
+
+  subscribed (channel: string, first: boolean): void {
+    const counters = this.namespace(channel)
+    counters.subscriptions++
+    if (first) counters.channels++
+  }
+
+  unsubscribed (channel: string, last: boolean): void {
+    const counters = this.namespace(channel)
+    counters.subscriptions--
+    if (last) counters.channels--
+  }
+
+  delivered (channel: string, count: number): void { this.namespace(channel).deliveries += count }
+
+  published (channel: string): void { this.namespace(channel).publishes++ }
 
   counters (): Counters {
     const counters = {} as Counters

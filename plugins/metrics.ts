@@ -51,6 +51,25 @@ export default fp<ResolvedOptions>(async (fastify, options) => {
       for (const [name, value] of Object.entries(broker.stats())) this.set({ name }, value)
     }
   })
+  // Per namespace, never per channel: channel names are unbounded, a label per channel would be too.
+  const perNamespace = [
+    ['channels', 'gauge', 'Channels with a subscriber on this replica'],
+    ['subscriptions', 'gauge', '(client, channel) subscriptions on this replica'],
+    ['publishes', 'counter', 'Events published through this replica'],
+    ['deliveries', 'counter', 'Live event frames sent to subscribers']
+  ] as const
+  for (const [field, kind, help] of perNamespace) {
+    new Gauge({ // eslint-disable-line no-new
+      name: kind === 'gauge' ? `fanout_namespace_${field}` : `fanout_namespace_${field}_total`,
+      help: `${help}, by namespace ("" for names without a colon)`,
+      labelNames: ['namespace'],
+      registers: [registry],
+      collect () {
+        this.reset()
+        for (const [namespace, counters] of stats.namespaces) this.set({ namespace }, counters[field])
+      }
+    })
+  }
   fastify.decorate('fanoutMetrics', Registry.merge([processMetrics(), registry]))
 
   if (options.metricsIntervalMs > 0) {

@@ -1,9 +1,11 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
 import { ANONYMOUS, Refusal, type Identity } from '../lib/auth.js'
+import type { Client } from '../lib/hub.js'
 import { InboundLimiter } from '../lib/limits.js'
 import { originAllowed } from '../lib/origins.js'
 import { CloseCode } from '../lib/protocol.js'
+import { UploadError } from '../lib/uploads.js'
 import { coreOf } from '../plugins/fanout.js'
 
 const TEXT_PREVIEW = 200
@@ -89,4 +91,24 @@ export function logText (fastify: FastifyInstance, request: FastifyRequest, data
   const text = data.toString('utf8', 0, TEXT_PREVIEW * 4)
   const preview = text.length > TEXT_PREVIEW || data.length > TEXT_PREVIEW * 4 ? `${text.slice(0, TEXT_PREVIEW)}…` : text
   request.log.info({ bytes: data.length }, 'received: %s', preview)
+}
+
+/** One upload: saved, counted, logged, and acked (or refused) to a fanout.v1 client. */
+export async function saveUpload (fastify: FastifyInstance, client: Client, request: FastifyRequest, data: Buffer): Promise<void> {
+  const { hub, stats, uploads, options } = coreOf(fastify)
+  try {
+    if (!options.uploads) throw new UploadError('disabled', 'uploads are turned off on this server')
+    if (client.identity.upload === false) throw new UploadError('unauthorized', 'this connection may not upload')
+    const saved = await uploads.save(data, client.identity.id)
+    stats.uploads++
+    stats.uploadBytes += saved.bytes
+    request.log.info(saved, 'upload saved')
+    if (client.control) hub.sendJson(client, { type: 'ack', id: saved.name, ...saved })
+  } catch (err) {
+    stats.uploadErrors++
+    const code = err instanceof UploadError ? err.code : 'write_failed'
+    const message = err instanceof UploadError ? err.message : 'the upload could not be saved'
+    request.log.warn({ code, bytes: data.length, err: (err as Error).message }, 'upload refused')
+    if (client.control) hub.sendJson(client, { type: 'error', code, message })
+  }
 }

@@ -1,13 +1,14 @@
 import { posix } from 'node:path'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { ID_PATTERN } from '../lib/event.js'
 import { ANONYMOUS } from '../lib/auth.js'
+import { GUEST_CHANNEL } from '../lib/channels.js'
+import { ID_PATTERN } from '../lib/event.js'
 import { Client } from '../lib/hub.js'
 import { originAllowed } from '../lib/origins.js'
 import { PROTOCOL } from '../lib/protocol.js'
 import { acceptsEventStream, openEventStream } from '../lib/transports/sse.js'
-import { UploadError, UploadQueue } from '../lib/uploads.js'
-import { admitConnection, logText, onInbound } from './connection.js'
+import { UploadQueue } from '../lib/uploads.js'
+import { admitConnection, logText, onInbound, saveUpload } from './connection.js'
 import { coreOf } from '../plugins/fanout.js'
 
 interface GuestRequest {
@@ -16,14 +17,17 @@ interface GuestRequest {
 }
 
 /**
- * The seed's Node server: every event to every client; text is logged, binary is saved. The same
- * stream as EventSource for a GET that accepts `text/event-stream`.
+ * The seed's Node server: every guest event to every client; text is logged, binary is saved.
+ * The same stream as EventSource for a GET that accepts `text/event-stream`. The replica keeps
+ * the guest channel joined for as long as it serves this route, as the single stream always was.
  */
 export default async function guestRoutes (fastify: FastifyInstance): Promise<void> {
   const core = coreOf(fastify)
-  const { hub, options } = core
+  const { hub, options, broker } = core
   if (options.guestPath === false) return
   core.streamPath = posix.join(fastify.prefix || '/', options.guestPath)
+  broker.join(GUEST_CHANNEL).catch((err: Error) => fastify.log.error({ err: err.message }, 'could not join the guest channel'))
+  fastify.addHook('onClose', async () => broker.leave(GUEST_CHANNEL))
 
   fastify.route<GuestRequest>({
     method: 'GET',
@@ -53,7 +57,7 @@ export default async function guestRoutes (fastify: FastifyInstance): Promise<vo
       const client = new Client(openEventStream(request.raw.socket, crossOrigin ? origin : undefined), true)
       client.identity = request.fanoutIdentity ?? ANONYMOUS
       hub.addClient(client)
-      resumeIfAsked(fastify, client, request, request.headers['last-event-id'] ?? request.query.since)
+      subscribeToGuests(fastify, client, request, request.headers['last-event-id'] ?? request.query.since)
     },
     wsHandler (socket, request) {
       const client = hub.add(socket, socket.protocol === PROTOCOL)
@@ -64,36 +68,17 @@ export default async function guestRoutes (fastify: FastifyInstance): Promise<vo
         if (isBinary) queue.push(() => saveUpload(fastify, client, request, data))
         else logText(fastify, request, data)
       })
-      resumeIfAsked(fastify, client, request, request.query.since)
+      subscribeToGuests(fastify, client, request, request.query.since)
     }
   })
 }
 
-function resumeIfAsked (fastify: FastifyInstance, client: Client, request: FastifyRequest<GuestRequest>, since: string | undefined): void {
-  const { hub, broker } = coreOf(fastify)
-  if (since !== undefined) {
-    hub.resume(client, since, (id, notBefore) => broker.history(id, notBefore), request.query.epoch).then(
-      ({ replayed, lost, clamped }) => request.log.info({ since, replayed, lost, clamped }, 'resumed'),
-      (err: Error) => request.log.warn({ since, err: err.message }, 'resume failed: history unavailable'))
-  }
-}
-
-/** One upload: saved, counted, logged, and acked (or refused) to a fanout.v1 client. */
-async function saveUpload (fastify: FastifyInstance, client: Client, request: FastifyRequest, data: Buffer): Promise<void> {
-  const { hub, stats, uploads, options } = coreOf(fastify)
-  try {
-    if (!options.uploads) throw new UploadError('disabled', 'uploads are turned off on this server')
-    if (client.identity.upload === false) throw new UploadError('unauthorized', 'this connection may not upload')
-    const saved = await uploads.save(data, client.identity.id)
-    stats.uploads++
-    stats.uploadBytes += saved.bytes
-    request.log.info(saved, 'upload saved')
-    if (client.control) hub.sendJson(client, { type: 'ack', id: saved.name, ...saved })
-  } catch (err) {
-    stats.uploadErrors++
-    const code = err instanceof UploadError ? err.code : 'write_failed'
-    const message = err instanceof UploadError ? err.message : 'the upload could not be saved'
-    request.log.warn({ code, bytes: data.length, err: (err as Error).message }, 'upload refused')
-    if (client.control) hub.sendJson(client, { type: 'error', code, message })
-  }
+/** Into the guest channel: live from now, or resumed after `since` (told as `resume`). */
+function subscribeToGuests (fastify: FastifyInstance, client: Client, request: FastifyRequest<GuestRequest>, since: string | undefined): void {
+  const { hub, subscribe } = coreOf(fastify)
+  subscribe(client, GUEST_CHANNEL, { since, epoch: request.query.epoch }, ({ replayed, lost, clamped, epoch }) => {
+    if (since === undefined) return
+    request.log.info({ since, replayed, lost, clamped }, 'resumed')
+    if (client.control) hub.sendJson(client, { type: 'resume', since, replayed, lost, clamped, epoch: epoch ?? null })
+  }).catch((err: Error) => request.log.warn({ since, err: err.message }, 'resume failed: history unavailable'))
 }

@@ -1,14 +1,16 @@
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { Cluster, Redis } from 'ioredis'
-import type { Broker, BrokerListener, BrokerState, Gap, Replay } from '../broker.js'
+import type { Broker, BrokerListener, BrokerState, GapListener, Position, Replay } from '../broker.js'
+import { GUEST_CHANNEL } from '../channels.js'
 import type { EventBody } from '../event.js'
+import type { HistoryRules } from '../memory-broker.js'
 import { Canary } from './canary.js'
 import { HistoryReader, type HistoryConnection } from './history.js'
 import { Outbox, type PublishingConnection } from './outbox.js'
 import { createRedis, type RedisTarget } from './connection.js'
 import { Lease, LEASE_RELEASE_SCRIPT, LEASE_RENEW_SCRIPT, type LeaseConnection } from './lease.js'
-import { PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys, type StreamKeys } from './stream.js'
+import { PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys } from './stream.js'
 import { Subscription, type SubscriptionConnection } from './subscription.js'
 import { newCounters } from './counters.js'
 import { brokerLog, type BrokerLog, type LogFn } from './log.js'
@@ -18,14 +20,16 @@ export interface RedisBrokerOptions {
   target: RedisTarget
   /** Prefix of every key and channel [fanout:]. */
   prefix: string
-  /** Events kept in the history stream (`XADD … MAXLEN ~`). */
-  historySize: number
+  /** Each channel's history limits: events kept (`XADD … MAXLEN ~`) and their age. */
+  rules: HistoryRules
   /** Events a publisher holds while Redis is unreachable; beyond it the oldest are dropped. */
   outboxSize: number
   /** How often the canary goes round; 3 intervals late and the broker counts as down. */
   canaryIntervalMs: number
   /** Replicas that must confirm each published batch (`WAIT`) before it leaves the outbox [0]. */
   waitReplicas?: number
+  /** How long a channel stays subscribed after its last local subscriber left [2000]. */
+  lingerMs?: number
   /** Called for what an operator should see: drops, repairs, reconnects. */
   log?: LogFn
 }
@@ -33,14 +37,33 @@ export interface RedisBrokerOptions {
 type CommandConnection = (Redis | Cluster) & PublishingConnection & HistoryConnection & SubscriptionConnection & LeaseConnection
 type Subscriber = Redis | Cluster
 
+/** A channel this replica receives: its subscription, and who here wants it. */
+interface Joined {
+  readonly name: string
+  /** Its pub/sub channel. */
+  readonly live: string
+  readonly subscription: Subscription
+  /** Local subscribers. */
+  refs: number
+  /** After the last one left: the timer that unsubscribes. */
+  linger: NodeJS.Timeout | undefined
+  /** Settles once the subscription stands and knows its place. */
+  readonly ready: Promise<void>
+  markReady: () => void
+}
+
+/** SUBSCRIBE and UNSUBSCRIBE carry at most this many channels each. */
+const SUBSCRIBE_BATCH = 1000
+const LINGER_MS = 2000
+
 /**
- * Redis fan-out, from its parts: the outbox publishes (exactly once, in order), the subscription
- * delivers (in order, repaired from history), the canary proves delivery, the history reader
- * serves resumes. One command connection for all of them, and once subscribed one subscriber.
+ * Redis fan-out, from its parts: the outbox publishes (exactly once, in order per channel), a
+ * subscription per joined channel delivers (in order, repaired from history), the canary proves
+ * delivery, the history reader serves resumes. One command connection for all of them, and once
+ * started one subscriber, subscribed only to the channels this replica's clients want.
  */
 export class RedisBroker implements Broker {
   readonly kind = 'redis'
-  readonly keys: StreamKeys
   readonly #options: RedisBrokerOptions
   readonly #cmd: CommandConnection
   #sub: Subscriber | undefined
@@ -49,24 +72,32 @@ export class RedisBroker implements Broker {
   readonly #publishCommand: string
   #lease: Lease | undefined
   #state: BrokerState = 'connecting'
+  /** The subscriber has stood once: Redis was reached. */
+  #reached = false
   readonly #events = new EventEmitter()
   readonly #counters = newCounters()
   readonly #log: BrokerLog
   readonly #outbox: Outbox
   readonly #history: HistoryReader
-  #subscription: Subscription | undefined
+  /** The channels this replica receives, by name and by pub/sub channel. */
+  readonly #joined = new Map<string, Joined>()
+  readonly #byLive = new Map<string, Joined>()
+  /** Pub/sub commands waiting for the end of the turn, sent together. */
+  #toSubscribe = new Set<Joined>()
+  #toUnsubscribe = new Set<string>()
+  #listener: BrokerListener = () => {}
+  #onGap: GapListener = () => {}
   #canary: Canary | undefined
   #closing = false
 
   constructor (options: RedisBrokerOptions) {
     this.#options = options
-    this.keys = streamKeys(options.prefix)
     this.#log = brokerLog(options.log ?? (() => {}), this.#counters)
     this.#cluster = 'clusterNodes' in options.target
     this.#publishCommand = this.#cluster ? 'SPUBLISH' : 'PUBLISH'
     // Fail fast while disconnected: the outbox, not ioredis, holds what waits for Redis.
     this.#cmd = createRedis(options.target, 'command', { enableOfflineQueue: false }) as CommandConnection
-    this.#cmd.defineCommand('fanoutPublish', { numberOfKeys: 4, lua: PUBLISH_SCRIPT })
+    this.#cmd.defineCommand('fanoutPublish', { numberOfKeys: 5, lua: PUBLISH_SCRIPT })
     this.#cmd.defineCommand('fanoutReplayStart', { numberOfKeys: 2, lua: REPLAY_START_SCRIPT })
     this.#cmd.defineCommand('fanoutLeaseRenew', { numberOfKeys: 1, lua: LEASE_RENEW_SCRIPT })
     this.#cmd.defineCommand('fanoutLeaseRelease', { numberOfKeys: 1, lua: LEASE_RELEASE_SCRIPT })
@@ -77,31 +108,35 @@ export class RedisBroker implements Broker {
     this.#cmd.on('close', () => { if (!this.#sub) this.#setState('down') })
     this.#cmd.on('error', (err) => this.#log.warn('command-connection', { err: err.message }, 'redis command connection error'))
     const cmd = () => this.#cmd
-    this.#outbox = new Outbox(cmd, this.keys, {
-      historySize: options.historySize,
+    this.#outbox = new Outbox(cmd, {
+      channel: (name) => ({ keys: this.keys(name), ...options.rules(name) }),
       outboxSize: options.outboxSize,
       publishCommand: this.#publishCommand,
       waitReplicas: options.waitReplicas ?? 0,
       fence: () => this.#lease ? this.#lease.fence : { token: '', leaseMs: 0 },
       onFenced: async () => await this.#lease?.check() ?? true
     }, this.#counters, this.#log)
-    this.#history = new HistoryReader(cmd, this.keys)
+    this.#history = new HistoryReader(cmd, (channel) => this.keys(channel))
   }
 
   get state (): BrokerState { return this.#state }
-  get synced (): boolean { return this.#subscription?.synced ?? false }
+  get synced (): boolean { return this.#reached }
 
-  publish (body: EventBody): Promise<string> {
-    return this.#outbox.publish(body)
+  /** A channel's keys (lib/redis/stream.ts). */
+  keys (channel: string) { return streamKeys(this.#options.prefix, channel) }
+
+  publish (channel: string, body: EventBody, idempotencyKey?: string): Promise<string> {
+    return this.#outbox.publish(channel, body, idempotencyKey)
   }
 
-  async subscribe (listener: BrokerListener, onGap: (gap: Gap) => void = () => {}): Promise<void> {
-    const subscription = new Subscription(() => this.#cmd, this.keys, listener, onGap, this.#counters, this.#log, this.#options.historySize)
-    this.#subscription = subscription
-    const canaryChannel = this.keys.canary(randomUUID())
+  async start (listener: BrokerListener, onGap: GapListener = () => {}): Promise<void> {
+    this.#listener = listener
+    this.#onGap = onGap
+    // The canary travels the guest channel's slot: on a Cluster, it proves that shard's path.
+    const canaryChannel = this.keys(GUEST_CHANNEL).canary(randomUUID())
     const sub = this.#cluster
-      // Sharded pub/sub: ioredis keeps a subscriber on the primary owning the channel's slot and
-      // moves it there after a failover (docs/scaling.md, "Appendix: ioredis under failover, measured").
+      // Sharded pub/sub: ioredis keeps a subscriber on each primary owning a subscribed slot and
+      // moves it after a failover (docs/scaling.md, "Appendix: ioredis under failover, measured").
       ? createRedis(this.#options.target, 'subscriber', {}, { shardedSubscribers: true })
       : createRedis(this.#options.target, 'subscriber', { autoResubscribe: false })
     this.#sub = sub
@@ -122,36 +157,129 @@ export class RedisBroker implements Broker {
     this.#canary = canary
     sub.on('error', (err: Error) => this.#log.warn('subscriber-connection', { err: err.message }, 'redis subscriber connection error'))
     sub.on('close', () => { if (!this.#closed()) this.#setState('down') })
-    const canaryName = Buffer.from(canaryChannel)
     const onMessage = (channel: Buffer, message: Buffer): void => {
-      if (channel.equals(canaryName)) {
+      const name = channel.toString('latin1')
+      if (name === canaryChannel) {
         canary.heard(Number(message.toString()))
-      } else {
-        canary.heard()
-        subscription.onMessage(message)
+        return
       }
+      canary.heard()
+      this.#byLive.get(name)?.subscription.onMessage(message)
     }
-    const subscribed = (): Promise<void> => {
+    // Every channel still wanted, repaired from its stream: what was published while the
+    // subscription was down is read back before live events go on.
+    const resubscribed = (): void => {
+      this.#reached = true
       canary.resubscribed()
       canary.tick()
-      return subscription.onSubscribed()
+      for (const joined of this.#joined.values()) this.#repair(joined)
     }
     const failed = (err: Error) => this.#log.warn('subscribe', { err: err.message }, 'subscribing failed; retrying on reconnect')
     if (this.#cluster) {
       const cluster = sub as Cluster
       cluster.on('smessageBuffer', onMessage)
-      // After a failover ioredis re-subscribes on the new owner by itself and says so; the repair
+      // After a failover ioredis re-subscribes on the new owners by itself and says so; the repair
       // then reads what was published meanwhile (its hint may come early: the seq check stays).
-      cluster.on('subscribersReady', () => { subscribed().catch(failed) })
-      cluster.ssubscribe(this.keys.channel, canaryChannel).then(subscribed).catch(failed)
+      cluster.on('subscribersReady', resubscribed)
+      cluster.ssubscribe(canaryChannel).then(resubscribed, failed)
     } else {
       const redis = sub as Redis
       redis.on('messageBuffer', onMessage)
-      // Subscribing ourselves on every `ready` (not ioredis' autoResubscribe) lets the repair
-      // start only once the subscription stands, so nothing falls between the two.
-      redis.on('ready', () => { redis.subscribe(this.keys.channel, canaryChannel).then(subscribed).catch(failed) })
+      // Subscribing ourselves on every `ready` (not ioredis' autoResubscribe) lets each repair
+      // start only once its subscription stands, so nothing falls between the two.
+      redis.on('ready', () => {
+        this.#toUnsubscribe.clear() // a new connection holds none of them
+        this.#subscribeAll(redis, canaryChannel, [...this.#joined.values()]).then(resubscribed, failed)
+      })
     }
     canary.start()
+  }
+
+  async join (channel: string): Promise<void> {
+    let joined = this.#joined.get(channel)
+    if (joined === undefined) {
+      let markReady = (): void => {}
+      const ready = new Promise<void>((resolve) => { markReady = resolve })
+      const keys = this.keys(channel)
+      const subscription = new Subscription(() => this.#cmd, keys, (event) => this.#listener(channel, event),
+        (gap) => this.#onGap(channel, gap), this.#counters, this.#log, this.#options.rules(channel).historySize)
+      joined = { name: channel, live: keys.channel, subscription, refs: 0, linger: undefined, ready, markReady }
+      this.#joined.set(channel, joined)
+      this.#byLive.set(joined.live, joined)
+      this.#toUnsubscribe.delete(joined.live)
+      this.#request(() => this.#toSubscribe.add(joined as Joined))
+    }
+    joined.refs++
+    clearTimeout(joined.linger)
+    joined.linger = undefined
+    await joined.ready
+  }
+
+  position (channel: string): Position {
+    return this.#joined.get(channel)?.subscription.position ?? { lastId: '0-0', epoch: undefined }
+  }
+
+  leave (channel: string): void {
+    const joined = this.#joined.get(channel)
+    if (joined === undefined || --joined.refs > 0) return
+    // A short linger: a client that leaves and comes back (a page reload) costs no Redis command.
+    joined.linger = setTimeout(() => {
+      this.#joined.delete(channel)
+      this.#byLive.delete(joined.live)
+      joined.subscription.close()
+      this.#toSubscribe.delete(joined)
+      this.#request(() => this.#toUnsubscribe.add(joined.live))
+    }, this.#options.lingerMs ?? LINGER_MS).unref()
+  }
+
+  /** Queues a pub/sub change; the turn's changes leave together. */
+  #request (change: () => void): void {
+    const first = this.#toSubscribe.size === 0 && this.#toUnsubscribe.size === 0
+    change()
+    if (first) process.nextTick(() => this.#sendPubsub())
+  }
+
+  #sendPubsub (): void {
+    const sub = this.#sub
+    const subscribe = [...this.#toSubscribe]
+    const unsubscribe = [...this.#toUnsubscribe]
+    this.#toSubscribe.clear()
+    this.#toUnsubscribe.clear()
+    if (sub === undefined || this.#closing) return
+    const failed = (err: Error): void => {
+      this.#counters.commandErrors++
+      this.#log.warn('subscribe', { err: err.message }, 'a pub/sub command failed; retrying on reconnect')
+    }
+    if (this.#cluster) {
+      // Each channel is its own slot, and each slot's subscriber its own connection. Sent even
+      // while the Cluster is down: ioredis queues them, then keeps them through failovers.
+      const cluster = sub as Cluster
+      for (const live of unsubscribe) cluster.sunsubscribe(live).catch(failed)
+      for (const joined of subscribe) cluster.ssubscribe(joined.live).then(() => this.#repair(joined), failed)
+      return
+    }
+    const redis = sub as Redis
+    // Not connected: the next `ready` subscribes every joined channel, and holds none of the old ones.
+    if (redis.status !== 'ready') return
+    for (let i = 0; i < unsubscribe.length; i += SUBSCRIBE_BATCH) redis.unsubscribe(...unsubscribe.slice(i, i + SUBSCRIBE_BATCH)).catch(failed)
+    this.#subscribeAll(redis, undefined, subscribe).catch(failed)
+  }
+
+  /** SUBSCRIBE in batches; once each batch stands, its channels find their place or repair. */
+  async #subscribeAll (redis: Redis, canaryChannel: string | undefined, channels: Joined[]): Promise<void> {
+    if (canaryChannel !== undefined) await redis.subscribe(canaryChannel)
+    for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
+      const batch = channels.slice(i, i + SUBSCRIBE_BATCH)
+      await redis.subscribe(...batch.map((joined) => joined.live))
+      if (canaryChannel === undefined) for (const joined of batch) this.#repair(joined)
+    }
+  }
+
+  /** A subscription (re)established: read what it missed; the first time, find its place. */
+  #repair (joined: Joined): void {
+    if (this.#joined.get(joined.name) !== joined) return // left meanwhile
+    joined.subscription.onSubscribed().then(joined.markReady,
+      (err: Error) => this.#log.error({ channel: joined.name, err: err.message }, 'channel repair failed'))
   }
 
   /**
@@ -159,13 +287,13 @@ export class RedisBroker implements Broker {
    * the holder's publishes pass the publish script's fence. `onChange` hears every change.
    */
   lead (leaseMs: number, onChange: (leader: boolean) => void): Lease {
-    this.#lease = new Lease(() => this.#cmd, this.keys.lease, leaseMs, onChange, this.#log)
+    this.#lease = new Lease(() => this.#cmd, this.keys(GUEST_CHANNEL).lease, leaseMs, onChange, this.#log)
     this.#lease.start()
     return this.#lease
   }
 
-  history (since: string, notBefore: number): Promise<Replay> {
-    return this.#history.replay(since, notBefore)
+  history (channel: string, since: string, notBefore: number): Promise<Replay> {
+    return this.#history.replay(channel, since, notBefore)
   }
 
   onStateChange (listener: (state: BrokerState) => void): void {
@@ -173,14 +301,17 @@ export class RedisBroker implements Broker {
   }
 
   stats (): Record<string, number> {
-    return { ...this.#counters, outboxLength: this.#outbox.length }
+    return { ...this.#counters, outboxLength: this.#outbox.length, channelsJoined: this.#joined.size }
   }
 
   async close (): Promise<void> {
     if (this.#closing) return
     this.#closing = true
     this.#canary?.stop()
-    this.#subscription?.close()
+    for (const joined of this.#joined.values()) {
+      clearTimeout(joined.linger)
+      joined.subscription.close()
+    }
     await this.#outbox.close()
     await this.#lease?.close()
     this.#setState('closed')

@@ -24,10 +24,11 @@ export class HistoryReader {
   #pages = new Map<string, Shared<Entry[]>>()
   #interned = new Map<string, Entry>()
 
-  constructor (private readonly redis: () => HistoryConnection, private readonly keys: StreamKeys) {}
+  constructor (private readonly redis: () => HistoryConnection, private readonly keysOf: (channel: string) => StreamKeys) {}
 
-  async replay (since: string, notBefore: number): Promise<Replay> {
-    const start = await this.#shared(this.#starts, since, notBefore, () => this.#readStart(since))
+  async replay (channel: string, since: string, notBefore: number): Promise<Replay> {
+    const keys = this.keysOf(channel)
+    const start = await this.#shared(this.#starts, `${channel} ${since}`, notBefore, () => this.#readStart(keys, since))
     let tail = start.tail
     let lost = start.lost
     let first: BrokerEvent[] | undefined = start.page.map((e) => e.event)
@@ -40,7 +41,7 @@ export class HistoryReader {
       }
       if (done || tail === undefined) return []
       const from = tail
-      const entries = await this.#shared(this.#pages, from.id, notBefore, () => this.#readPage(from.id), (page) => page.length === HISTORY_PAGE)
+      const entries = await this.#shared(this.#pages, `${channel} ${from.id}`, notBefore, () => this.#readPage(keys, from.id), (page) => page.length === HISTORY_PAGE)
       done = entries.length < HISTORY_PAGE
       if (entries.length > 0) {
         // Trimmed while this replay was being written: what fell between the pages is gone.
@@ -59,12 +60,11 @@ export class HistoryReader {
     }
   }
 
-  async #readStart (since: string): Promise<ReplayStart> {
-    const k = this.keys
-    const [[epochOrNull, start, last], beforeRaw, pageRaw] = await this.redis().fanoutReplayStart(k.events, k.meta, since, HISTORY_PAGE)
+  async #readStart (keys: StreamKeys, since: string): Promise<ReplayStart> {
+    const [[epochOrNull, start, last], beforeRaw, pageRaw] = await this.redis().fanoutReplayStart(keys.events, keys.meta, since, HISTORY_PAGE)
     const epoch = epochOrNull ?? undefined
-    const page = pageRaw.map((raw) => this.#intern(raw))
-    const before = beforeRaw.length > 0 ? parseEntry(beforeRaw[0]) : undefined
+    const page = pageRaw.map((raw) => this.#intern(keys.name, raw))
+    const before = beforeRaw.length > 0 ? parseEntry(beforeRaw[0], keys.name) : undefined
     const newest = page.at(-1)?.id ?? last ?? before?.id
     if (newest === undefined) {
       // An empty history: any position but the beginning came from one that is gone.
@@ -83,8 +83,8 @@ export class HistoryReader {
     return { page, from: since, lost: earlierEpoch || trimmed, clamped: false, epoch, tail: page.at(-1) ?? before }
   }
 
-  async #readPage (after: string): Promise<Entry[]> {
-    return (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', HISTORY_PAGE)).map((raw) => this.#intern(raw))
+  async #readPage (keys: StreamKeys, after: string): Promise<Entry[]> {
+    return (await this.redis().xrange(keys.events, `(${after}`, '+', 'COUNT', HISTORY_PAGE)).map((raw) => this.#intern(keys.name, raw))
   }
 
   /**
@@ -92,11 +92,12 @@ export class HistoryReader {
    * cap) read the same events again; without this, each read would make new bytes and frames,
    * and slow readers would hold thousands of copies in their socket buffers.
    */
-  #intern (raw: RawEntry): Entry {
-    const known = this.#interned.get(raw[0])
+  #intern (channel: string, raw: RawEntry): Entry {
+    const key = `${channel} ${raw[0]}` // two channels may hold the same id
+    const known = this.#interned.get(key)
     if (known) return known
-    const entry = parseEntry(raw)
-    this.#interned.set(entry.id, entry)
+    const entry = parseEntry(raw, channel)
+    this.#interned.set(key, entry)
     if (this.#interned.size > INTERNED_EVENTS) this.#interned.delete(this.#interned.keys().next().value as string)
     return entry
   }

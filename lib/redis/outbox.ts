@@ -12,15 +12,16 @@ export interface PublishingConnection {
 }
 
 export interface PublishingPipeline {
-  fanoutPublish (events: string, meta: string, publisher: string, lease: string,
+  fanoutPublish (events: string, meta: string, publisher: string, lease: string, idempotent: string,
     body: string, maxLen: number, channel: string, command: string, counter: number, floor: string, epoch: string,
-    token: string, leaseMs: number, oldestPending: number): unknown
+    token: string, leaseMs: number, oldestPending: number, name: string, historyAgeMs: number, once: '1' | ''): unknown
   wait (replicas: number, timeoutMs: number): unknown
   exec (): Promise<Array<[Error | null, unknown]> | null>
 }
 
 export interface OutboxOptions {
-  historySize: number
+  /** A channel's keys and history limits. */
+  channel: (name: string) => { keys: StreamKeys, historySize: number, historyAgeMs: number }
   /** Events held while Redis is unreachable or refusing; beyond it the oldest unsent are dropped. */
   outboxSize: number
   /** PUBLISH, or SPUBLISH on a Redis Cluster. */
@@ -33,9 +34,28 @@ export interface OutboxOptions {
   onFenced?: () => Promise<boolean>
 }
 
+/**
+ * What this publisher knows of one channel: its own record there (the id names it, the counter
+ * numbers its publishes) and the newest id Redis gave it, which every later id must exceed.
+ */
+interface ChannelState {
+  readonly name: string
+  readonly keys: StreamKeys
+  readonly historySize: number
+  readonly historyAgeMs: number
+  readonly publisherId: string
+  counter: number
+  floor: string
+  /** Events queued for it and not yet confirmed; a channel with none is forgotten after a while. */
+  pending: number
+  usedAt: number
+}
+
 interface Item {
   body: string
-  /** This publisher's number for the event, given when it is first sent and kept for retries. */
+  channel: ChannelState
+  idempotencyKey: string | undefined
+  /** This publisher's number for the event on its channel, given when it is first sent and kept for retries. */
   counter?: number
   resolve: (id: string) => void
   reject: (err: Error) => void
@@ -43,6 +63,8 @@ interface Item {
 
 const BATCH = 256
 const WAIT_TIMEOUT_MS = 1000
+/** A channel this publisher has not used for this long, with nothing pending, is forgotten. */
+const CHANNEL_STATE_MS = 10 * 60_000
 
 /**
  * A publisher's queue into Redis, exactly once and in order. Events are sent in pipelined
@@ -51,12 +73,12 @@ const WAIT_TIMEOUT_MS = 1000
  * Redis already ran returns its id instead of making a second one (see PUBLISH_SCRIPT).
  */
 export class Outbox {
-  /** Names this publisher's record in Redis; a new one after abandoning events, whose counters go unused. */
+  /** Names this publisher's records in Redis; a new one after abandoning events, whose counters go unused. */
   #publisherId = randomUUID()
+  /** Tells apart the records of a channel forgotten and used again: its counter starts afresh. */
+  #generation = 0
+  #channels = new Map<string, ChannelState>()
   #items: Item[] = []
-  #counter = 0
-  /** The newest id Redis gave this publisher: every later id must be above it. */
-  #floor = '0-0'
   #flushing = false
   /** The batch on its way to Redis: closing waits for its replies, or events Redis ran would be reported lost. */
   #sending: Promise<unknown> = Promise.resolve()
@@ -66,7 +88,6 @@ export class Outbox {
 
   constructor (
     private readonly redis: () => PublishingConnection,
-    private readonly keys: StreamKeys,
     private readonly options: OutboxOptions,
     private readonly counters: RedisCounters,
     private readonly log: BrokerLog
@@ -74,11 +95,23 @@ export class Outbox {
 
   get length (): number { return this.#items.length }
 
-  publish (body: EventBody): Promise<string> {
+  get channels (): number { return this.#channels.size }
+
+  publish (channel: string, body: EventBody, idempotencyKey?: string): Promise<string> {
     if (this.#closed) return Promise.reject(new Error('broker is closed'))
     const encoded = encodeBody(body)
+    const state = this.#channel(channel)
+    state.pending++
+    state.usedAt = Date.now()
     return new Promise((resolve, reject) => {
-      this.#items.push({ body: encoded, resolve, reject })
+      const settle = (): void => { state.pending-- }
+      this.#items.push({
+        body: encoded,
+        channel: state,
+        idempotencyKey,
+        resolve: (id) => { settle(); resolve(id) },
+        reject: (err) => { settle(); reject(err) }
+      })
       if (this.#items.length > this.options.outboxSize) this.#dropOldest()
       this.flush()
     })
@@ -118,12 +151,19 @@ export class Outbox {
     const lease = this.options.fence()
     if (lease === undefined) return new Error('FENCED this worker does not hold the lease')
     const pipeline = this.redis().pipeline()
-    const k = this.keys
-    for (const item of batch) item.counter ??= ++this.#counter
-    const oldestPending = batch[0].counter as number
+    // Each channel's oldest pending counter is its first in the batch: the batch is the queue's head.
+    const oldestPending = new Map<ChannelState, number>()
     for (const item of batch) {
-      pipeline.fanoutPublish(k.events, k.meta, k.publisher(this.#publisherId), k.lease, item.body, this.options.historySize,
-        k.channel, this.options.publishCommand, item.counter as number, this.#floor, newEpoch(), lease.token, lease.leaseMs, oldestPending)
+      item.counter ??= ++item.channel.counter
+      if (!oldestPending.has(item.channel)) oldestPending.set(item.channel, item.counter)
+    }
+    for (const item of batch) {
+      const c = item.channel
+      const k = c.keys
+      const once = item.idempotencyKey === undefined ? '' : '1'
+      pipeline.fanoutPublish(k.events, k.meta, k.publisher(c.publisherId), k.lease, k.idempotent(item.idempotencyKey ?? ''), item.body, c.historySize,
+        k.channel, this.options.publishCommand, item.counter as number, c.floor, newEpoch(), lease.token, lease.leaseMs,
+        oldestPending.get(c) as number, c.name, c.historyAgeMs, once)
     }
     // WAIT in the same pipeline: the same connection, so it covers exactly these writes.
     if (this.options.waitReplicas > 0) pipeline.wait(this.options.waitReplicas, WAIT_TIMEOUT_MS)
@@ -149,7 +189,7 @@ export class Outbox {
       }
       confirmed.add(item)
       this.counters.published++
-      if (compareIds(String(id), this.#floor) > 0) this.#floor = String(id)
+      if (compareIds(String(id), item.channel.floor) > 0) item.channel.floor = String(id)
       item.resolve(String(id))
     })
     if (confirmed.size > 0) this.#items = this.#items.filter((item) => !confirmed.has(item))
@@ -164,7 +204,26 @@ export class Outbox {
     this.log.warn('fenced', { dropped: items.length, reason }, 'this worker no longer leads: dropped the events it still held')
     for (const item of items) item.reject(new Error(`dropped: ${reason}`))
     this.#publisherId = randomUUID()
-    this.#counter = 0
+    this.#channels.clear()
+  }
+
+  /** This publisher's state on a channel; channels it has not used for a while are forgotten on the way. */
+  #channel (name: string): ChannelState {
+    let state = this.#channels.get(name)
+    if (state !== undefined) {
+      // Kept in order of last use, so the forgetting below looks at the least recent first.
+      this.#channels.delete(name)
+      this.#channels.set(name, state)
+      return state
+    }
+    const now = Date.now()
+    for (const [other, idle] of this.#channels) {
+      if (idle.pending > 0 || now - idle.usedAt < CHANNEL_STATE_MS) break
+      this.#channels.delete(other)
+    }
+    state = { name, ...this.options.channel(name), publisherId: `${this.#publisherId}.${this.#generation++}`, counter: 0, floor: '0-0', pending: 0, usedAt: now }
+    this.#channels.set(name, state)
+    return state
   }
 
   /**

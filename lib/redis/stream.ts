@@ -1,14 +1,19 @@
-// The Redis layout of one stream, and the two scripts that write and read it. Everything a stream
-// owns shares the hash tag `{<stream>}`, so on a Redis Cluster it all lives in one slot and each
-// script runs on one shard; a second stream (a room) is a second name, not a second layout.
+// The Redis layout of one channel, and the two scripts that write and read it. Everything a channel
+// owns shares the hash tag `{<channel>}`, so on a Redis Cluster it all lives in one slot and each
+// script runs on one shard; every channel is its own tag, so many channels spread over every
+// shard (docs/channels.md, "Redis layout"). The guest channel's keys are the single stream's.
+import { IDEMPOTENCY_MS } from '../broker.js'
+import { CHANNEL_IDLE_GRACE_MS } from '../channels.js'
 import { withId, type BrokerEvent } from '../event.js'
 
 export interface StreamKeys {
+  /** The channel's name, as events carry it. */
+  name: string
   /** The capped history: entries `seq`, `epoch`, `body`, with the event's id as the entry id. */
   events: string
   /** One hash for the history's identity: `epoch`, `start` (its first id), `seq`, `last` (id). */
   meta: string
-  /** The worker lease (issue 10): a token, set only if absent, with an expiry. */
+  /** The worker lease (issue 10): a token, set only if absent, with an expiry. The guest channel's only. */
   lease: string
   /** Where each event is published live: `<seq> <event JSON>`. */
   channel: string
@@ -16,22 +21,29 @@ export interface StreamKeys {
   publisher (publisherId: string): string
   /** A replica's own canary channel, in the stream's slot so it proves the same path. */
   canary (replicaId: string): string
+  /** What an idempotency key's publish was given: its id, for IDEMPOTENCY_MS. */
+  idempotent (key: string): string
 }
 
-export function streamKeys (prefix: string, stream = 'guest'): StreamKeys {
-  const base = `${prefix}{${stream}}:`
+export function streamKeys (prefix: string, channel: string): StreamKeys {
+  const base = `${prefix}{${channel}}:`
   return {
+    name: channel,
     events: `${base}events`,
     meta: `${base}meta`,
     lease: `${base}lease`,
     channel: `${base}live`,
     publisher: (publisherId) => `${base}publisher:${publisherId}`,
-    canary: (replicaId) => `${base}canary:${replicaId}`
+    canary: (replicaId) => `${base}canary:${replicaId}`,
+    idempotent: (key) => `${base}once:${key}`
   }
 }
 
 /** How many of its latest publishes a publisher can retry and still be told their ids. */
 export const DEDUPE_WINDOW = 1024
+
+/** How long a publisher's record outlives its last publish on a channel kept by count alone. */
+const PUBLISHER_RECORD_MS = 86_400_000
 
 /**
  * Appends one event and publishes it, atomically, exactly once per (publisher, counter).
@@ -47,12 +59,18 @@ export const DEDUPE_WINDOW = 1024
  *   so replicas and resuming clients can tell.
  * - Fenced: with a lease token, only the lease's holder publishes (a lease that vanished with the
  *   data is taken back, as a renewal would).
+ * - Kept by age too, when the channel has one: entries older than it are trimmed (`MINID`), and
+ *   every key of the channel expires once it has been idle that long plus CHANNEL_IDLE_GRACE_MS.
  * - `#!lua` makes Redis refuse the whole script up front at maxmemory (noeviction), before any write.
  *
- * KEYS: events, meta, publisher record, lease.
- * ARGV: body, maxlen, channel, publish command (PUBLISH | SPUBLISH), counter, floor id,
+ * - Once per idempotency key, when given: a key seen before answers the id it got, and makes
+ *   no event (its counter is still taken, so the publisher's next one follows it).
+ *
+ * KEYS: events, meta, publisher record, lease, idempotency record ('' key when none).
+ * ARGV: body, maxlen, pub/sub channel, publish command (PUBLISH | SPUBLISH), counter, floor id,
  *       new-epoch name, lease token ('' = not fenced), lease ms, the publisher's oldest counter
- *       still pending (counters below it that never arrived were dropped, not refused).
+ *       still pending (counters below it that never arrived were dropped, not refused),
+ *       channel name, history age in ms (0: none), whether KEYS[5] is in use ('1' | '').
  */
 export const PUBLISH_SCRIPT = `#!lua
 if ARGV[8] ~= '' then
@@ -72,6 +90,13 @@ if counter <= applied then
 end
 if applied > 0 and counter ~= applied + 1 and tonumber(ARGV[10]) < counter then
   return redis.error_reply('ORDER publish ' .. counter .. ' follows ' .. applied)
+end
+if ARGV[13] == '1' then
+  local known = redis.call('GET', KEYS[5])
+  if known then
+    redis.call('HSET', KEYS[3], 'counter', counter, 'c' .. counter, known)
+    return known
+  end
 end
 local function parse (id)
   local dash = string.find(id, '-', 1, true)
@@ -104,8 +129,18 @@ if fresh then redis.call('HSET', KEYS[2], 'start', added) end
 redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', seq, 'last', added)
 redis.call('HSET', KEYS[3], 'counter', counter, 'c' .. counter, added)
 redis.call('HDEL', KEYS[3], 'c' .. (counter - ${DEDUPE_WINDOW}))
-redis.call('PEXPIRE', KEYS[3], 86400000)
-redis.call(ARGV[4], ARGV[3], seq .. ' {"id":"' .. added .. '","epoch":"' .. epoch .. '",' .. string.sub(ARGV[1], 2))
+local age = tonumber(ARGV[12])
+if age > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-0', now - age))
+  local idle = age + ${CHANNEL_IDLE_GRACE_MS}
+  redis.call('PEXPIRE', KEYS[1], idle)
+  redis.call('PEXPIRE', KEYS[2], idle)
+  redis.call('PEXPIRE', KEYS[3], idle)
+else
+  redis.call('PEXPIRE', KEYS[3], ${PUBLISHER_RECORD_MS})
+end
+if ARGV[13] == '1' then redis.call('SET', KEYS[5], added, 'PX', ${IDEMPOTENCY_MS}) end
+redis.call(ARGV[4], ARGV[3], seq .. ' {"id":"' .. added .. '","epoch":"' .. epoch .. '","channel":"' .. ARGV[11] .. '",' .. string.sub(ARGV[1], 2))
 return added
 `
 
@@ -133,10 +168,10 @@ export interface Entry {
   event: BrokerEvent
 }
 
-export function parseEntry ([id, fields]: RawEntry): Entry {
+export function parseEntry ([id, fields]: RawEntry, channel: string): Entry {
   const seq = Number(field(fields, 'seq'))
   const epoch = field(fields, 'epoch')
-  return { id, seq, epoch, event: { id, seq, epoch, data: withId(id, epoch, field(fields, 'body')) } }
+  return { id, seq, epoch, event: { id, seq, epoch, data: withId(id, epoch, channel, field(fields, 'body')) } }
 }
 
 function field (fields: string[], name: string): string {

@@ -1,5 +1,5 @@
-import type { BrokerListener, Gap } from '../broker.js'
-import { compareIds, epochOf, HISTORY_PAGE, idOf } from '../event.js'
+import type { Gap, Position as ChannelPosition } from '../broker.js'
+import { compareIds, epochOf, HISTORY_PAGE, idOf, type BrokerEvent } from '../event.js'
 import { parseEntry, type Entry, type RawEntry, type StreamKeys } from './stream.js'
 import type { RedisCounters } from './counters.js'
 import type { BrokerLog } from './log.js'
@@ -14,7 +14,7 @@ export interface SubscriptionConnection {
 interface Position { epoch: string | undefined, lastId: string, lastSeq: number }
 
 /**
- * The replica's side of the stream: every live event once and in order to the listener. A gap in
+ * The replica's side of one channel: every live event once and in order to the listener. A gap in
  * `seq` or a reconnect is repaired from the history before live events go on; a new epoch (the
  * history was reset) is followed, logged and counted; what could not be repaired is reported as a
  * Gap before the events after it.
@@ -36,7 +36,7 @@ export class Subscription {
   constructor (
     private readonly redis: () => SubscriptionConnection,
     private readonly keys: StreamKeys,
-    private readonly listener: BrokerListener,
+    private readonly listener: (event: BrokerEvent) => void,
     private readonly onGap: (gap: Gap) => void,
     private readonly counters: RedisCounters,
     private readonly log: BrokerLog,
@@ -45,6 +45,11 @@ export class Subscription {
 
   /** True once the replica knows where it stands in the stream. */
   get synced (): boolean { return this.#position !== undefined }
+
+  /** Where the channel stands here: the last event delivered. */
+  get position (): ChannelPosition {
+    return { lastId: this.#position?.lastId ?? '0-0', epoch: this.#position?.epoch }
+  }
 
   /** One message from the live channel: `<seq> <event JSON>`. */
   onMessage (message: Buffer): void {
@@ -119,7 +124,7 @@ export class Subscription {
     let count = 0
     for (;;) {
       const after = this.#position?.lastId ?? '0-0'
-      const page = (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', HISTORY_PAGE)).map(parseEntry)
+      const page = (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', HISTORY_PAGE)).map((raw) => parseEntry(raw, this.keys.name))
       for (const entry of page) if (this.#accept(entry, false)) count++
       if (page.length < HISTORY_PAGE) return count
     }

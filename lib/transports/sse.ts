@@ -34,12 +34,13 @@ export function acceptsEventStream (accept: string | undefined): boolean {
 class EventStreamTransport implements Transport {
   readonly answersPings = false
   readonly joinsTurns = false
+  readonly sharesFrames: boolean = true
   #ending = false
 
   constructor (readonly raw: Socket) {}
 
   get open (): boolean { return !this.#ending && !this.raw.destroyed && this.raw.writable }
-  frame (event: BrokerEvent): Buffer { return sseRecord(event) }
+  frame (event: BrokerEvent, _channel: string): Buffer { return sseRecord(event) }
   message (data: string | Buffer, type?: string): Buffer { return sseMessage(data, type) }
   // A comment line: keeps proxies from timing the stream out. Nothing answers it.
   ping (): void { if (this.open) this.raw.write(':\n\n') }
@@ -59,17 +60,64 @@ class EventStreamTransport implements Transport {
   }
 }
 
+/** A channel's place in a many-channel stream's id: `<event id>.<epoch>` (the epoch may be empty). */
+export interface ChannelPlace { id: string, epoch: string | undefined }
+
+/**
+ * The stream of several channels (`?channel=a&channel=b`): every record's `id:` carries each
+ * channel's place, in the order of the URL, as `<id>.<epoch>,<id>.<epoch>`; the browser sends the
+ * last one back as `Last-Event-ID` when it reconnects (to the same URL), resuming every channel.
+ * Each client's ids are its own, so its records are built for it.
+ */
+class ChannelsEventStream extends EventStreamTransport {
+  override readonly sharesFrames = false
+
+  constructor (raw: Socket, readonly places: Map<string, ChannelPlace>) {
+    super(raw)
+  }
+
+  /** Where `channel` stands before its first event: told in the `subscribed` record's id. */
+  place (channel: string, place: ChannelPlace): void { this.places.set(channel, place) }
+
+  override frame (event: BrokerEvent, channel: string): Buffer {
+    this.places.set(channel, { id: event.id, epoch: event.epoch })
+    return Buffer.concat([Buffer.from(`id: ${this.#id()}\n`), DATA, event.data, END])
+  }
+
+  override message (data: string | Buffer, type?: string): Buffer {
+    return Buffer.concat([Buffer.from(`id: ${this.#id()}\n`), sseMessage(data, type)])
+  }
+
+  #id (): string {
+    return [...this.places.values()].map((p) => `${p.id}.${p.epoch ?? ''}`).join(',')
+  }
+}
+
+/** Reads a many-channel stream's `Last-Event-ID` back: one place per channel, or undefined if it does not fit them. */
+export function parsePlaces (lastEventId: string, count: number): ChannelPlace[] | undefined {
+  const parts = lastEventId.split(',')
+  if (parts.length !== count) return undefined
+  const places: ChannelPlace[] = []
+  for (const part of parts) {
+    const match = /^(\d{1,16}-\d{1,16})\.([A-Za-z0-9_-]{0,32})$/.exec(part)
+    if (match === null) return undefined
+    places.push({ id: match[1], epoch: match[2] === '' ? undefined : match[2] })
+  }
+  return places
+}
+
 /**
  * Starts the stream on a socket the caller has taken over from its HTTP server: the response has
  * no length and no chunked encoding, it lasts until the connection closes, so every record goes
  * out as the same bytes to every client. `allowOrigin`: a cross-origin page's origin, admitted by
  * the caller, that gets its CORS header.
  */
-export function openEventStream (raw: Socket, allowOrigin: string | undefined): Transport {
+export function openEventStream (raw: Socket, allowOrigin: string | undefined, channels?: string[]): Transport & { place?: ChannelsEventStream['place'] } {
   const cors = allowOrigin === undefined ? '' : `Access-Control-Allow-Origin: ${allowOrigin}\r\nVary: Origin\r\n`
   raw.setNoDelay(true)
   raw.setTimeout(0)
   raw.write('HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store\r\n' +
     `Connection: close\r\nX-Accel-Buffering: no\r\n${cors}\r\n:\n\n`)
-  return new EventStreamTransport(raw)
+  if (channels === undefined) return new EventStreamTransport(raw)
+  return new ChannelsEventStream(raw, new Map(channels.map((channel) => [channel, { id: '0-0', epoch: undefined }])))
 }

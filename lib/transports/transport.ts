@@ -16,8 +16,14 @@ export interface Transport {
    * turn's live events as one joined run of frames, shared by every client that gets the same run.
    */
   readonly joinsTurns: boolean
-  /** The event's bytes on this transport: built once per event, cached on it, then reused. */
-  frame (event: BrokerEvent): Buffer
+  /**
+   * Whether an event's bytes are the same for every client of this transport, so the hub may
+   * join them into blocks shared by every resuming client (not so where each client's carry its
+   * own positions, as a many-channel EventSource's ids do).
+   */
+  readonly sharesFrames: boolean
+  /** The event's bytes on this transport (from `channel`): built once per event where shared, then reused. */
+  frame (event: BrokerEvent, channel: string): Buffer
   /** A message for this client alone; `type` names a control message. */
   message (data: string | Buffer, type?: string): Buffer
   ping (): void

@@ -9,6 +9,7 @@ export class WebSocketTransport implements Transport {
   readonly raw: Socket
   readonly answersPings = true
   readonly joinsTurns = true
+  readonly sharesFrames = true
 
   constructor (readonly ws: WebSocket) {
     // The TCP socket under ws. The hub writes pre-framed bytes to it directly; that is only sound

@@ -9,22 +9,22 @@ import { RedisBroker } from '../../lib/redis/broker.js'
 import { PUBLISH_SCRIPT, streamKeys } from '../../lib/redis/stream.js'
 import { startRedis, streamEntries, waitFor } from '../support/helper.js'
 
-const keys = streamKeys('fanout:')
+const keys = streamKeys('fanout:', 'guest')
 
 type ScriptRedis = Redis & { fanoutPublish (...args: Array<string | number>): Promise<string> }
 
 async function scriptClient (t: Test, url: string): Promise<ScriptRedis> {
   const redis = new Redis(url) as ScriptRedis
   t.teardown(() => redis.disconnect())
-  redis.defineCommand('fanoutPublish', { numberOfKeys: 4, lua: PUBLISH_SCRIPT })
+  redis.defineCommand('fanoutPublish', { numberOfKeys: 5, lua: PUBLISH_SCRIPT })
   return redis
 }
 
 /** One call of the publish script, as the outbox makes it. */
 function publish (redis: ScriptRedis, counter: number, options: { floor?: string, epoch?: string, token?: string, publisher?: string, oldestPending?: number } = {}) {
-  return redis.fanoutPublish(keys.events, keys.meta, keys.publisher(options.publisher ?? 'p1'), keys.lease,
+  return redis.fanoutPublish(keys.events, keys.meta, keys.publisher(options.publisher ?? 'p1'), keys.lease, keys.idempotent(''),
     JSON.stringify({ type: 'guest', n: counter }), 1000, keys.channel, 'PUBLISH', counter,
-    options.floor ?? '0-0', options.epoch ?? 'epochA', options.token ?? '', 5000, options.oldestPending ?? 1)
+    options.floor ?? '0-0', options.epoch ?? 'epochA', options.token ?? '', 5000, options.oldestPending ?? 1, 'guest', 0, '')
 }
 
 t.test('the publish script: a counter seen again returns its id; a skipped counter is refused', async (t) => {
@@ -64,8 +64,8 @@ t.test('the publish script: keys evicted between two calls of one pipelined batc
   for (let round = 0; round < 50; round++) {
     // As allkeys-lru may do between two commands of one pipeline: the floor both carry is stale.
     const pipeline = client.pipeline() as unknown as { fanoutPublish (...args: Array<string | number>): unknown, del (...keys: string[]): unknown, exec (): Promise<Array<[Error | null, string]>> }
-    const call = (counter: number) => pipeline.fanoutPublish(keys.events, keys.meta, keys.publisher(`r${round}`), keys.lease,
-      JSON.stringify({ type: 'guest', n: counter }), 1000, keys.channel, 'PUBLISH', counter, '0-0', `e${round}-${counter}`, '', 5000, counter)
+    const call = (counter: number) => pipeline.fanoutPublish(keys.events, keys.meta, keys.publisher(`r${round}`), keys.lease, keys.idempotent(''),
+      JSON.stringify({ type: 'guest', n: counter }), 1000, keys.channel, 'PUBLISH', counter, '0-0', `e${round}-${counter}`, '', 5000, counter, 'guest', 0, '')
     call(1)
     pipeline.del(keys.events, keys.meta, keys.publisher(`r${round}`))
     call(2)
@@ -140,16 +140,16 @@ t.test('the outbox: a pipelined batch whose replies are lost is retried without 
   const broker = new RedisBroker({
     target: { url: proxy.url },
     prefix: 'fanout:',
-    historySize: 1000,
+    rules: () => ({ historySize: 1000, historyAgeMs: 0 }),
     outboxSize: 1000,
     canaryIntervalMs: 1000,
     log: (level, fields, msg) => { if (level !== 'info') warnings.push(`${msg} ${String(fields.err)}`) }
   })
   t.teardown(() => broker.close())
   await waitFor(() => broker.state === 'ready', 10_000, 'the broker to connect')
-  const warm = await Promise.all(Array.from({ length: 10 }, (_, n) => broker.publish({ type: 'guest', n })))
+  const warm = await Promise.all(Array.from({ length: 10 }, (_, n) => broker.publish('guest', { type: 'guest', n })))
   proxy.arm()
-  const ids = [...warm, ...await Promise.all(Array.from({ length: 200 }, (_, n) => broker.publish({ type: 'guest', n: n + 10 })))]
+  const ids = [...warm, ...await Promise.all(Array.from({ length: 200 }, (_, n) => broker.publish('guest', { type: 'guest', n: n + 10 })))]
   t.ok(proxy.fired(), 'the connection was cut as Redis answered a batch')
   const stream = await streamEntries(redis.url)
   t.equal(stream.length, 210, 'each event once in the history')

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { WebSocket, WebSocketServer } from 'ws'
 import type { BrokerEvent } from '../../lib/event.js'
-import { Hub, type Client } from '../../lib/hub.js'
+import { Hub, type Client, type Membership } from '../../lib/hub.js'
 import type { WebSocketTransport } from '../../lib/transports/websocket.js'
 import { Stats } from '../../lib/stats.js'
 import { waitFor } from '../support/helper.js'
@@ -30,6 +30,7 @@ async function setUp (t: Tap, count: number, maxBufferedBytes = 1 << 20, heartbe
   const pings: number[] = []
   wss.on('connection', (ws) => {
     const client = hub.add(ws, true)
+    hub.subscribe(client, 'guest')
     const i = clients.push(client) - 1
     writes.push(0)
     // Counts the writes that reach the socket: the real write still happens.
@@ -51,28 +52,30 @@ async function setUp (t: Tap, count: number, maxBufferedBytes = 1 << 20, heartbe
   return { hub, stats, clients, received, writes, pings }
 }
 
+const membership = (client: Client): Membership => client.channels.get('guest') as Membership
+
 const ids = (messages: string[]): string[] => messages.map((m) => (JSON.parse(m) as { id?: string, type: string }).id ?? (JSON.parse(m) as { type: string }).type)
 
 t.test('the events of one turn reach every client in order, in one write per socket', async (t) => {
   const { hub, stats, received, writes } = await setUp(t, 3)
-  hub.deliver(event('1-0'))
-  hub.deliver(event('2-0'))
-  hub.deliver(event('3-0'))
+  hub.deliver('guest', event('1-0'))
+  hub.deliver('guest', event('2-0'))
+  hub.deliver('guest', event('3-0'))
   await waitFor(() => received.every((m) => m.length === 3), 5000, 'all events received')
   for (const messages of received) t.same(ids(messages), ['1-0', '2-0', '3-0'])
   t.same(writes, [1, 1, 1], 'three events, one write per socket')
   t.equal(stats.deliveries, 9, 'every delivery counted')
-  hub.deliver(event('4-0'))
+  hub.deliver('guest', event('4-0'))
   await waitFor(() => received.every((m) => m.length === 4), 5000, 'the next turn')
   t.same(writes, [2, 2, 2], 'the next turn is the next write')
 })
 
 t.test('a message for one client is written after the events delivered before it, before later ones', async (t) => {
   const { hub, clients, received } = await setUp(t, 2)
-  hub.deliver(event('1-0'))
-  hub.deliver(event('2-0'))
-  hub.sendJson(clients[0], { type: 'gap', after: '2-0', lost: 1, reason: 'trimmed' })
-  hub.deliver(event('3-0'))
+  hub.deliver('guest', event('1-0'))
+  hub.deliver('guest', event('2-0'))
+  hub.sendJson(clients[0], { type: 'gap', channel: 'guest', after: '2-0', lost: 1, reason: 'trimmed' })
+  hub.deliver('guest', event('3-0'))
   await waitFor(() => received[0].length === 4 && received[1].length === 3, 5000, 'all received')
   t.same(ids(received[0]), ['1-0', '2-0', 'gap', '3-0'])
   t.same(ids(received[1]), ['1-0', '2-0', '3-0'], 'the other client gets the events alone')
@@ -80,15 +83,15 @@ t.test('a message for one client is written after the events delivered before it
 
 t.test('a client that already has an event of this turn gets the others, in order', async (t) => {
   const { hub, clients, received } = await setUp(t, 2)
-  hub.deliver(event('1-0'))
+  hub.deliver('guest', event('1-0'))
   // As a replay leaves it: 2-0 already written to clients[0], so the live copy is skipped.
-  clients[0].lastId = '2-0'
-  hub.deliver(event('2-0'))
-  hub.deliver(event('3-0'))
+  membership(clients[0]).lastId = '2-0'
+  hub.deliver('guest', event('2-0'))
+  hub.deliver('guest', event('3-0'))
   await waitFor(() => received[0].length === 2 && received[1].length === 3, 5000, 'all received')
   t.same(ids(received[0]), ['1-0', '3-0'])
   t.same(ids(received[1]), ['1-0', '2-0', '3-0'])
-  t.equal(clients[0].lastId, undefined, 'the first newer event clears the replay mark')
+  t.equal(membership(clients[0]).lastId, undefined, 'the first newer event clears the replay mark')
 })
 
 t.test('the buffer cap counts every frame of the turn: a client that does not read is cut off', async (t) => {
@@ -99,7 +102,7 @@ t.test('the buffer cap counts every frame of the turn: a client that does not re
   raw.cork()
   raw.write(Buffer.alloc(frame))
   const big = (id: string): BrokerEvent => ({ id, data: Buffer.from(JSON.stringify({ id, pad: 'x'.repeat(frame) })) })
-  for (let i = 1; i <= 4; i++) hub.deliver(big(`${i}-0`))
+  for (let i = 1; i <= 4; i++) hub.deliver('guest', big(`${i}-0`))
   const closed = once((clients[0].transport as WebSocketTransport).ws, 'close')
   await closed
   t.equal(stats.slowConsumerDrops, 1, 'cut off and counted')
@@ -137,7 +140,7 @@ async function resumeAround (t: Tap, history: BrokerEvent[], whileHeld: (hub: Hu
   let release!: () => void
   const released = new Promise<void>((resolve) => { release = resolve })
   let rest = history.slice(1)
-  const resuming = hub.resume(clients[0], '1-0', async () => ({
+  const resuming = hub.resume(membership(clients[0]), '1-0', async () => ({
     first: history.slice(0, 1),
     from: '1-0',
     lost: false,
@@ -150,12 +153,12 @@ async function resumeAround (t: Tap, history: BrokerEvent[], whileHeld: (hub: Hu
       rest = []
       return page
     }
-  }))
+  }), () => hub.sendJson(clients[0], { type: 'resume', since: '1-0', replayed: 0, lost: false, clamped: false, epoch: null }))
   await secondPage
   whileHeld(hub)
   release()
   await resuming
-  hub.deliver(sequence(20, 20)[0]) // a live event after the replay marks the end of what it sent
+  hub.deliver('guest', sequence(20, 20)[0]) // a live event after the replay marks the end of what it sent
   await waitFor(() => received[0].some((m) => m.includes('"20-0"')), 5000, 'the live event after the replay')
   return received[0].map((m) => JSON.parse(m) as { id?: string, type: string })
 }
@@ -166,9 +169,9 @@ const summary = (messages: Array<{ id?: string, type: string, after?: string, lo
 /** While the client replays, the replica delivers 4, then learns it lost 5–7 for good, then delivers 8. */
 function loseFiveToSeven (hub: Hub): void {
   const [four, , , , eight] = sequence(4, 8)
-  hub.deliver(four)
-  hub.deliverGap({ after: '4-0', lost: 3, reason: 'trimmed' })
-  hub.deliver(eight)
+  hub.deliver('guest', four)
+  hub.deliverGap('guest', { after: '4-0', lost: 3, reason: 'trimmed' })
+  hub.deliver('guest', eight)
 }
 
 t.test('a gap while a client replays is told to it, counted from where its history left it', async (t) => {

@@ -16,10 +16,10 @@ t.test('event ids and bytes', async (t) => {
   t.equal(compareIds('007-1', '7-1'), 0, 'leading zeros do not count')
 
   const body = encodeBody({ type: 'guest', guest: '张伟', time: '15:26:01', ts: 1 })
-  const data = withId('1764082000000-3', 'e9Pq_2-x', body)
+  const data = withId('1764082000000-3', 'e9Pq_2-x', 'room:42', body)
   t.equal(idOf(data), '1764082000000-3')
   t.equal(epochOf(data), 'e9Pq_2-x')
-  t.same(JSON.parse(data.toString()), { id: '1764082000000-3', epoch: 'e9Pq_2-x', type: 'guest', guest: '张伟', time: '15:26:01', ts: 1 })
+  t.same(JSON.parse(data.toString()), { id: '1764082000000-3', epoch: 'e9Pq_2-x', channel: 'room:42', type: 'guest', guest: '张伟', time: '15:26:01', ts: 1 })
 
   t.throws(() => encodeBody({ type: 'guest', id: 'mine' }), TypeError, 'the id is the broker\'s')
   t.throws(() => encodeBody({ type: 'guest', epoch: 'mine' }), TypeError, 'the epoch is the broker\'s')

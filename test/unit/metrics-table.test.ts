@@ -14,7 +14,7 @@ class NewNumbersBroker extends MemoryBroker {
 }
 
 t.test('every counter and every broker number, in the pino line and in /metrics', async (t) => {
-  const broker = new NewNumbersBroker(100)
+  const broker = new NewNumbersBroker(() => ({ historySize: 100, historyAgeMs: 0 }))
   t.teardown(() => broker.close())
   const { app, url, logs } = await build(t, { broker, metricsIntervalMs: 50 })
   coreOf(app).stats.uploadErrors = 4
