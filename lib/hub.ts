@@ -11,6 +11,11 @@ import { frameOf, WebSocketTransport } from './transports/websocket.js'
 
 /** The largest block of joined frames a replay writes at once. */
 const BLOCK_BYTES = 64 * 1024
+/**
+ * The bytes of joined blocks kept for other resuming clients, oldest dropped first: resumes from
+ * many distinct places would otherwise leave a block on every event they started from.
+ */
+const CACHED_BLOCK_BYTES = 16 * 1024 * 1024
 /** How long a replay may hold its slot while the client reads what was written. */
 const REPLAY_FLUSH_WAIT_MS = 5000
 
@@ -120,6 +125,9 @@ export class Hub {
   #turn = 1
   /** This turn's joined runs of frames, by `from * 2^26 + to`: built once, shared by every client. */
   #joined = new Map<number, Buffer>()
+  /** Every cached block, in the order it was made, with the event and transport it hangs on. */
+  #blocks = new Map<FrameBlock, { event: BrokerEvent, kind: object }>()
+  #blockBytes = 0
   #pingTick = 0
   #pingSlots = 0
   #heartbeat: NodeJS.Timeout | undefined
@@ -137,6 +145,9 @@ export class Hub {
 
   /** Channels with a subscriber here. */
   get channelCount (): number { return this.#channels.size }
+
+  /** Bytes of joined replay blocks kept for other resuming clients (at most CACHED_BLOCK_BYTES). */
+  get cachedBlockBytes (): number { return this.#blockBytes }
 
   /** Tracks a WebSocket. */
   add (ws: WebSocket, control: boolean): Client {
@@ -422,8 +433,20 @@ export class Hub {
       bytes += frame.length
     }
     const block = { frames: frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes), count: frames.length, lastId: events[i + frames.length - 1].id }
+    if (cached) this.#forgetBlock(cached)
     blocks.set(kind, block)
+    this.#blocks.set(block, { event: events[i], kind })
+    this.#blockBytes += block.frames.length
+    while (this.#blockBytes > CACHED_BLOCK_BYTES) this.#forgetBlock(this.#blocks.keys().next().value as FrameBlock)
     return block
+  }
+
+  #forgetBlock (block: FrameBlock): void {
+    const owner = this.#blocks.get(block)
+    if (owner === undefined) return
+    this.#blocks.delete(block)
+    this.#blockBytes -= block.frames.length
+    if (owner.event.blocks?.get(owner.kind) === block) owner.event.blocks.delete(owner.kind)
   }
 
   /** A message for one client only (control messages, /ask answers), in order with events. */

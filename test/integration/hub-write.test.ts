@@ -191,3 +191,30 @@ t.test('a gap its history covered in part: the client is told what it still miss
   const got = await resumeAround(t, sequence(2, 5), loseFiveToSeven)
   t.same(summary(got), ['2-0', '3-0', '4-0', '5-0', 'resume', 'gap after 5-0 lost 2', '8-0', '20-0'])
 })
+
+t.test('replays from many distinct places keep a bounded cache of joined blocks', async (t) => {
+  // 1 KiB events: each replay's blocks hold 64 of them. 300 clients resuming from 300 places
+  // would leave 300 × 64 KiB = 19 MiB of blocks hanging on the events without a bound.
+  const history = Array.from({ length: 600 }, (_, i) => {
+    const id = `${i + 1}-0`
+    return { id, seq: i + 1, epoch: 'e1', data: Buffer.from(JSON.stringify({ id, type: 'guest', pad: 'x'.repeat(1000) })) }
+  })
+  const clients = 300
+  const { hub, clients: connected, received } = await setUp(t, clients, 4 << 20)
+  let largest = 0
+  await Promise.all(connected.map(async (client, i) => {
+    const since = `${i}-0`
+    await hub.resume(membership(client), since, async () => ({
+      first: history.slice(i, i + 500),
+      from: since,
+      lost: false,
+      clamped: false,
+      epoch: 'e1',
+      next: async () => []
+    }), () => { largest = Math.max(largest, hub.cachedBlockBytes) })
+    largest = Math.max(largest, hub.cachedBlockBytes)
+  }))
+  await waitFor(() => received.every((m, i) => m.length === Math.min(500, 600 - i)), 30_000, 'every replay received')
+  t.ok(largest <= 16 * 1024 * 1024, `at most 16 MiB of blocks kept at any time (largest seen: ${(largest / 1048576).toFixed(1)} MiB)`)
+  t.ok(largest > 8 * 1024 * 1024, 'the cache was used: the bound is what stopped it')
+})
