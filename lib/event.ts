@@ -58,8 +58,8 @@ function compareDecimal (a: string, b: string): number {
 
 /** Serialises what a publisher hands in; the id and the epoch are left to the broker. */
 export function encodeBody (body: EventBody): string {
-  if (typeof body !== 'object' || body === null || typeof body.type !== 'string') {
-    throw new TypeError('an event must be an object with a string "type"')
+  if (typeof body !== 'object' || body === null || typeof body.type !== 'string' || body.type === '') {
+    throw new TypeError('an event must be an object with a non-empty string "type"')
   }
   if ('id' in body || 'epoch' in body || 'channel' in body) throw new TypeError('an event\'s "id", "epoch" and "channel" are set by the broker')
   return JSON.stringify(body)

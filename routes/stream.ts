@@ -56,7 +56,7 @@ export default async function streamRoutes (fastify: FastifyInstance): Promise<v
       reply.hijack()
       const origin = request.headers.origin
       const crossOrigin = origin !== undefined && originAllowed(origin, request.headers.host, options.allowedOrigins)
-      const transport = openEventStream(request.raw.socket, crossOrigin ? origin : undefined, channels)
+      const transport = openEventStream(request.raw.socket, crossOrigin ? origin : undefined, channels, places)
       const client = new Client(transport, true)
       client.identity = request.fanoutIdentity ?? ANONYMOUS
       hub.addClient(client)

@@ -107,17 +107,20 @@ export function parsePlaces (lastEventId: string, count: number): ChannelPlace[]
 }
 
 /**
- * Starts the stream on a socket the caller has taken over from its HTTP server: the response has
+ * Starts the stream on a socket the caller has taken over from its HTTP server (for `channels`,
+ * from their `places` when it resumes): the response has
  * no length and no chunked encoding, it lasts until the connection closes, so every record goes
  * out as the same bytes to every client. `allowOrigin`: a cross-origin page's origin, admitted by
  * the caller, that gets its CORS header.
  */
-export function openEventStream (raw: Socket, allowOrigin: string | undefined, channels?: string[]): Transport & { place?: ChannelsEventStream['place'] } {
+export function openEventStream (raw: Socket, allowOrigin: string | undefined, channels?: string[], places?: ChannelPlace[]): Transport & { place?: ChannelsEventStream['place'] } {
   const cors = allowOrigin === undefined ? '' : `Access-Control-Allow-Origin: ${allowOrigin}\r\nVary: Origin\r\n`
   raw.setNoDelay(true)
   raw.setTimeout(0)
   raw.write('HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store\r\n' +
     `Connection: close\r\nX-Accel-Buffering: no\r\n${cors}\r\n:\n\n`)
   if (channels === undefined) return new EventStreamTransport(raw)
-  return new ChannelsEventStream(raw, new Map(channels.map((channel) => [channel, { id: '0-0', epoch: undefined }])))
+  // A resuming stream starts from the places it resumes from: an id written before every channel
+  // has answered must not send another channel back to the beginning.
+  return new ChannelsEventStream(raw, new Map(channels.map((channel, i) => [channel, places?.[i] ?? { id: '0-0', epoch: undefined }])))
 }
