@@ -21,7 +21,9 @@ process.on('SIGXFSZ', () => {})
 const app = Fastify({ logger: { level: env.LOG_LEVEL } })
 try {
   // The environment becomes the plugin's options and the demo's: the same path as any app's.
-  await app.register(fanout, optionsFromEnv(env))
+  const options = optionsFromEnv(env)
+  // The demo page's room view: pages publish in `room:*` themselves (NAMESPACES may say otherwise).
+  await app.register(fanout, { ...options, namespaces: { room: { clientPublish: true, historySize: 200 }, ...options.namespaces } })
   // Loaded here, so that a missing optional dependency of the demo (faker) is one clear line.
   const [{ default: fanoutDemo }, { demoOptionsFromEnv }] = await Promise.all([import('./demo/plugin.js'), import('./demo/options.js')])
   await app.register(fanoutDemo, demoOptionsFromEnv(env))

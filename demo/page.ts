@@ -22,25 +22,46 @@ function packageRoot (): string {
  * `prefix` the page itself is served under (at `/rt` and `/rt/` alike).
  */
 export default async function pageRoutes (fastify: FastifyInstance, { demoPath }: ResolvedDemoOptions): Promise<void> {
-  const { streamPath: stream } = coreOf(fastify)
+  const { streamPath: stream, options } = coreOf(fastify)
   if (demoPath === false || stream === undefined) return
   const pagePath = posix.join(fastify.prefix || '/', demoPath)
   const assetDir = escapeHtml(pagePath.endsWith('/') ? pagePath : `${pagePath}/`)
   const publicDir = join(packageRoot(), 'demo', 'public')
   const streamPath = escapeHtml(stream)
+  // The stream of channels (the room view) sits beside the guest stream, under fanout's prefix.
+  const fanoutPrefix = stream.slice(0, stream.length - posix.join('/', options.guestPath || '/').length)
+  const channels = options.streamPath === false ? '' : escapeHtml(posix.join(fanoutPrefix || '/', options.streamPath))
+  const rooms = options.streamPath !== false && options.namespaces.room?.clientPublish === true
   const page = readFileSync(join(publicDir, 'index.html'), 'utf8')
     .replace('href="style.css"', `href="${assetDir}style.css"`)
+    .replace('href="favicon.svg"', `href="${assetDir}favicon.svg"`)
     .replace('src="client.js"', `src="${assetDir}client.js"`)
     .replace('content="guest"', `content="${streamPath}"`)
+    .replace('content="stream"', `content="${channels}"`)
+    .replace('content="rooms"', `content="${rooms ? 'on' : ''}"`)
     .replace('<code>/guest</code>', `<code>${streamPath}</code>`)
-  const assets = { 'client.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8' }
+  const assets: Record<string, [string, Buffer]> = {
+    'client.js': ['text/javascript; charset=utf-8', readFileSync(join(publicDir, 'client.js'))],
+    'style.css': ['text/css; charset=utf-8', readFileSync(join(publicDir, 'style.css'))],
+    'favicon.svg': ['image/svg+xml', readFileSync(join(publicDir, 'favicon.svg'))],
+    // fastify-fanout/client, as the page imports it: the built library, one copy of its logic.
+    'fanout-client.js': ['text/javascript; charset=utf-8', Buffer.from(readFileSync(clientLibrary(), 'utf8').replace(/\n\/\/# sourceMappingURL=\S*\s*$/, '\n'))]
+  }
   // Routes are relative to the scope's prefix; the files are small and read once.
   const local = demoPath.endsWith('/') ? demoPath : `${demoPath}/`
   fastify.get(demoPath, async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
-  for (const [file, type] of Object.entries(assets)) {
-    const body = readFileSync(join(publicDir, file))
+  for (const [file, [type, body]] of Object.entries(assets)) {
     fastify.get(`${local}${file}`, async (_request, reply) => reply.type(type).send(body))
   }
+}
+
+/** dist/client/index.js: beside this file's own directory when running from dist/, else the package's dist/. */
+function clientLibrary (): string {
+  const built = fileURLToPath(new URL('../client/index.js', import.meta.url))
+  if (existsSync(built)) return built
+  const dist = join(packageRoot(), 'dist', 'client', 'index.js')
+  if (!existsSync(dist)) throw new Error('fastify-fanout: the demo page needs the built client, dist/client/index.js: run the build first')
+  return dist
 }
 
 function escapeHtml (text: string): string {

@@ -97,6 +97,8 @@ export interface ChannelErrorMessage {
   /** The channel the command named, when it named one. */
   channel?: string
   message: string
+  /** A refused `publish`'s own `ref`, echoed. */
+  ref?: string | number
 }
 
 /**

@@ -171,25 +171,28 @@ class Commands {
     if (this.client.control) hub.sendJson(this.client, { type: 'unsubscribed', channel })
   }
 
-  async #publish (channel: string, event: unknown, ref: unknown): Promise<void> {
-    const { hub, options, publish, stats } = coreOf(this.fastify)
+  async #publish (channel: string, event: unknown, given: unknown): Promise<void> {
+    const { hub, options, publish, admitTextLog } = coreOf(this.fastify)
     const client = this.client
-    if (ref !== undefined && typeof ref !== 'string' && typeof ref !== 'number') return this.#refuse('bad_request', channel, 'ref must be a string or a number')
+    if (given !== undefined && typeof given !== 'string' && typeof given !== 'number') return this.#refuse('bad_request', channel, 'ref must be a string or a number')
+    // Echoed on the answer, refusal or not, so a client can tell which of its publishes it answers.
+    const ref = given === undefined ? {} : { ref: given as string | number }
     try {
       encodeBody(event as EventBody)
     } catch (err) {
-      return this.#refuse('bad_request', channel, (err as Error).message)
+      return this.#refuse('bad_request', channel, (err as Error).message, ref)
     }
-    if (!await options.channels.allows(client.identity, channel, 'publish')) return this.#refuse('forbidden', channel, 'may not publish on this channel')
+    if (!await options.channels.allows(client.identity, channel, 'publish')) return this.#refuse('forbidden', channel, 'may not publish on this channel', ref)
     let id: string
     try {
       id = await publish(channel, event as EventBody)
     } catch (err) {
-      stats.channelErrors++
       this.request.log.warn({ channel, err: (err as Error).message }, 'client publish failed')
-      return this.#refuse('publish_failed', channel, 'the event could not be published: try again')
+      return this.#refuse('publish_failed', channel, 'the event could not be published: try again', ref)
     }
-    if (client.control) hub.sendJson(client, { type: 'published', channel, id, ...(ref === undefined ? {} : { ref: ref as string | number }) })
+    // Logged like text on /guest, within the same replica-wide rate.
+    if (admitTextLog()) this.request.log.info({ channel, id, type: (event as EventBody).type }, 'client published')
+    if (client.control) hub.sendJson(client, { type: 'published', channel, id, ...ref })
   }
 
   #failed (channel: string, err: Error): void {
@@ -197,9 +200,9 @@ class Commands {
     this.#refuse('unavailable', channel, 'the channel is unavailable now: try again')
   }
 
-  #refuse (code: ChannelErrorCode, channel: string | undefined, message: string): void {
+  #refuse (code: ChannelErrorCode, channel: string | undefined, message: string, ref: { ref?: string | number } = {}): void {
     const { hub, stats } = coreOf(this.fastify)
     stats.channelErrors++
-    if (this.client.control && this.client.open) hub.sendJson(this.client, { type: 'error', code, ...(channel === undefined ? {} : { channel }), message })
+    if (this.client.control && this.client.open) hub.sendJson(this.client, { type: 'error', code, ...(channel === undefined ? {} : { channel }), message, ...ref })
   }
 }
