@@ -51,8 +51,7 @@ export default async function streamRoutes (fastify: FastifyInstance): Promise<v
       }
       const channels = request.query.channel ?? []
       if (channels.length === 0) return reply.code(400).send({ error: 'an EventSource names its channels: ?channel=a&channel=b' })
-      const places = placesOf(request, reply, request.headers['last-event-id'] ?? request.query.since)
-      if (places === null) return
+      const places = placesOf(request, request.headers['last-event-id'] ?? request.query.since)
       reply.hijack()
       const origin = request.headers.origin
       const crossOrigin = origin !== undefined && originAllowed(origin, request.headers.host, options.allowedOrigins)
@@ -72,15 +71,22 @@ export default async function streamRoutes (fastify: FastifyInstance): Promise<v
         if (isBinary) queue.push(() => saveUpload(fastify, client, request, data))
         else commands.handle(data)
       })
-      const places = placesOf(request, undefined, request.query.since)
-      subscribeAtConnect(fastify, client, request, request.query.channel ?? [], places ?? undefined)
+      subscribeAtConnect(fastify, client, request, request.query.channel ?? [], placesOf(request, request.query.since))
     }
   })
 }
 
-/** The channels named at connect: each one the connection may subscribe to, or the handshake is refused (403). */
+/**
+ * The channels named at connect: each one the connection may subscribe to, or the handshake is
+ * refused (403); the places it resumes from fit them, or it is refused (400).
+ */
 async function checkConnectChannels (this: FastifyInstance, request: FastifyRequest<StreamRequest>, reply: FastifyReply): Promise<void> {
   const { options, stats } = coreOf(this)
+  const given = (request as { ws?: boolean }).ws === true ? request.query.since : request.headers['last-event-id'] ?? request.query.since
+  if (given !== undefined && parsePlaces(given, request.query.channel?.length ?? 0) === undefined) {
+    stats.handshakesRefused++
+    return reply.code(400).send({ error: 'Last-Event-ID (or since) must hold one <id>.<epoch> per channel, in the order of the channel parameters' })
+  }
   const identity = request.fanoutIdentity ?? ANONYMOUS
   for (const channel of request.query.channel ?? []) {
     if (!await options.channels.allows(identity, channel, 'subscribe')) {
@@ -91,14 +97,9 @@ async function checkConnectChannels (this: FastifyInstance, request: FastifyRequ
   }
 }
 
-/** The places a reconnecting client gives (`Last-Event-ID` or `?since=`); null once it has been answered 400. */
-function placesOf (request: FastifyRequest<StreamRequest>, reply: FastifyReply | undefined, given: string | undefined): ChannelPlace[] | undefined | null {
-  if (given === undefined) return undefined
-  const places = parsePlaces(given, request.query.channel?.length ?? 0)
-  if (places !== undefined) return places
-  if (reply === undefined) return undefined // a WebSocket is past its handshake: it starts afresh
-  reply.code(400).send({ error: 'Last-Event-ID (or since) must hold one <id>.<epoch> per channel, in the order of the channel parameters' })
-  return null
+/** The places a reconnecting client gives (`Last-Event-ID` or `?since=`), checked before the upgrade. */
+function placesOf (request: FastifyRequest<StreamRequest>, given: string | undefined): ChannelPlace[] | undefined {
+  return given === undefined ? undefined : parsePlaces(given, request.query.channel?.length ?? 0)
 }
 
 /** The channels of the URL, in order; each told as `subscribed` to a `fanout.v1` client. */

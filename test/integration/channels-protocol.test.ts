@@ -293,6 +293,7 @@ for (const setup of SETUPS) {
       await t.rejects(connect(t, `${app.ws}/stream?channel=a%20b`, V1), /unexpected response 400/, 'a bad name: 400')
       await t.rejects(connect(t, `${app.ws}/stream?channel=${'a'.repeat(129)}`, V1), /unexpected response 400/, '129 characters: 400')
       await t.rejects(connect(t, `${app.ws}/stream?channel=a&channel=b&channel=c&channel=d`, V1), /unexpected response 400/, 'more than maxChannelsPerConnection: 400')
+      await t.rejects(connect(t, `${app.ws}/stream?channel=a&channel=b&since=1-0.e1`, V1), /unexpected response 400/, 'a since that does not fit the channels: 400, not a silent fresh start')
       await sleep(100)
       t.equal(coreOf(app.app).hub.size, 2, 'no refused connection was admitted')
     })
