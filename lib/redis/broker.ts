@@ -11,6 +11,7 @@ import { Outbox, type PublishingConnection } from './outbox.js'
 import { createRedis, type RedisTarget } from './connection.js'
 import { Lease, LEASE_RELEASE_SCRIPT, LEASE_RENEW_SCRIPT, type LeaseConnection } from './lease.js'
 import { PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys } from './stream.js'
+import { slotPipelining } from './slot-pipelines.js'
 import { Subscription, type SubscriptionConnection } from './subscription.js'
 import { newCounters } from './counters.js'
 import { brokerLog, type BrokerLog, type LogFn } from './log.js'
@@ -108,7 +109,8 @@ export class RedisBroker implements Broker {
     this.#cmd.on('close', () => { if (!this.#sub) this.#setState('down') })
     this.#cmd.on('error', (err) => this.#log.warn('command-connection', { err: err.message }, 'redis command connection error'))
     const cmd = () => this.#cmd
-    this.#outbox = new Outbox(cmd, {
+    // On a Cluster a pipeline may only hold keys of one primary: a pipeline per channel.
+    this.#outbox = new Outbox(this.#cluster ? slotPipelining(cmd) : cmd, {
       channel: (name) => ({ keys: this.keys(name), ...options.rules(name) }),
       outboxSize: options.outboxSize,
       publishCommand: this.#publishCommand,
