@@ -13,7 +13,7 @@ const redisUrl = process.env.REDIS_URL as string
 type Body = ReturnType<typeof eventBody> & { n?: number }
 
 interface FanoutBroker {
-  publish (body: Body): Promise<string>
+  publish (channel: string, body: Body): Promise<string>
 }
 
 type Publish = (body: Body) => Promise<unknown>
@@ -25,14 +25,15 @@ async function publisherFor (name: SystemName): Promise<Publish> {
     const { SETTINGS } = await import(new URL('../lib/config.js', import.meta.url).href) as { SETTINGS: Record<string, { schema: { default?: number } }> }
     const { redisTarget } = await import(new URL('../lib/redis/connection.js', import.meta.url).href) as { redisTarget: (settings: Record<string, string | undefined>) => unknown }
     // The product's own broker, with the product's defaults, on one Redis or on the Cluster.
+    const history = { historySize: SETTINGS.historySize.schema.default, historyAgeMs: SETTINGS.historyAgeMs.schema.default }
     const broker = new RedisBroker({
       target: redisTarget({ url: redisUrl, clusterNodes: process.env.REDIS_CLUSTER_NODES }),
       prefix: FANOUT_PREFIX,
-      historySize: SETTINGS.historySize.schema.default,
+      rules: () => history,
       outboxSize: SETTINGS.outboxSize.schema.default,
       canaryIntervalMs: SETTINGS.canaryIntervalMs.schema.default
     })
-    return (body) => broker.publish(body)
+    return (body) => broker.publish('guest', body)
   }
   if (name === 'nchan') {
     // One HTTP POST per event, as Nchan's publishers do; kept-alive connections, several in flight.

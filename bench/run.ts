@@ -16,6 +16,7 @@ import { chartSvg } from './chart.js'
 import { markdown, median, type Results, type RoundFigures, type Row, type StormResult } from './report.js'
 import { nchanAvailable, nchanConfig, NCHAN_REDIS_CHANNEL } from './nchan.js'
 import { channelOf, clientUrl, FANOUT_PREFIX, isFanout, LABELS, NCHAN_PUBLISH_PATH, SYSTEMS, type SystemName } from './systems.js'
+import { CHANNEL_FLAGS, CHANNEL_SCENARIOS, CHANNEL_USAGE, channelsMarkdown, runChannels, type ChannelScenario, type ChannelsResult } from './channels.js'
 
 const usage = `
 npm run bench [-- options]            (each option also reads BENCH_<NAME>, e.g. BENCH_SCALE=0.1)
@@ -33,7 +34,7 @@ npm run bench [-- options]            (each option also reads BENCH_<NAME>, e.g.
                      with --profile]. The published figures: --out=bench/results
   --profile=DIR      run every replica under node --cpu-prof, profiles in DIR/<system>; the
                      summary counts only the samples taken while a round was measured
-`
+${CHANNEL_USAGE}`
 
 const DIST = fileURLToPath(new URL('..', import.meta.url)) // dist/
 const ROOT = join(DIST, '..')
@@ -48,7 +49,7 @@ const SOCKETS_PER_PROCESS = 19_500
 
 const { values: flags } = parseArgs({
   options: Object.fromEntries(['scale', 'clients', 'events', 'rate', 'rounds', 'replicas', 'client-procs', 'systems',
-    'scenarios', 'settle-ms', 'out', 'profile', 'help'].map((name) => [name, { type: name === 'help' ? 'boolean' : 'string' }]))
+    'scenarios', 'settle-ms', 'out', 'profile', 'help', ...CHANNEL_FLAGS].map((name) => [name, { type: name === 'help' ? 'boolean' : 'string' }]))
 })
 if (flags.help) {
   console.log(usage)
@@ -117,7 +118,10 @@ const systems = listOption('systems', SYSTEMS).filter((system) => {
   missing.push({ system, why })
   return false
 })
-const scenarioNames = listOption('scenarios', SCENARIOS)
+// The channels scenarios (bench/channels.ts) run only when --scenarios names them.
+const named = listOption('scenarios', [...SCENARIOS, ...CHANNEL_SCENARIOS])
+const channelScenarios = option('scenarios') === undefined ? [] : named.filter((n): n is ChannelScenario => (CHANNEL_SCENARIOS as readonly string[]).includes(n))
+const scenarioNames = named.filter((n): n is ScenarioName => (SCENARIOS as readonly string[]).includes(n))
 
 function scenario (name: ScenarioName, clients: number, events: number, rate: number, rounds: number): Scenario {
   const scaled = (value: number): number => Math.max(1, Math.round(value * scale))
@@ -756,6 +760,26 @@ if (scenarioNames.includes('storm')) {
     await stopReplicas(replicas)
   }
 }
+// ---- channels, cluster-spread (bench/channels.ts)
+let channels: ChannelsResult | undefined
+if (channelScenarios.length > 0) {
+  try {
+    const context = { option, numberOption, scale, replicas: replicaCount, clientProcs, settleMs, systems, redis, track, stop, tempDir, freePort, waitFor, accepts, startCluster }
+    channels = await runChannels({
+      ...context,
+      socketsPerProcess: SOCKETS_PER_PROCESS,
+      fork: (file, name, env) => Worker.fork(file, name, env),
+      fanoutReplica: (uploadDir) => replicaCommand('fanout', uploadDir, 0, ''),
+      dist: DIST,
+      root: ROOT,
+      measured: (system, window) => measuredWindows.get(system)?.push(window)
+    }, channelScenarios)
+    errors.push(...channels.errors.map((e) => `channels ${e}`))
+  } catch (err) {
+    errors.push(`channels: ${(err as Error).message}`)
+  }
+}
+// ----
 redis.client.disconnect()
 await Promise.all([redis.proc, ...cluster?.procs ?? []].map((proc) => stop(proc)))
 
@@ -781,11 +805,11 @@ const results: Results = {
   storms,
   errors
 }
-const report = [markdown(results), ...Object.entries(profiles).map(([system, summary]) =>
+const report = [markdown(results), ...channels ? [channelsMarkdown(channels)] : [], ...Object.entries(profiles).map(([system, summary]) =>
   `## CPU profile: ${LABELS[system as SystemName]} replicas, measured rounds only\n\n${profileMarkdown(summary)}`)].join('\n\n')
 console.log(report)
 mkdirSync(outDir, { recursive: true })
-writeFileSync(join(outDir, 'latest.json'), JSON.stringify({ ...results, profiles }, null, 2) + '\n')
+writeFileSync(join(outDir, 'latest.json'), JSON.stringify({ ...results, channels, profiles }, null, 2) + '\n')
 writeFileSync(join(outDir, 'latest.md'), report + '\n')
 writeFileSync(join(outDir, 'latest.svg'), chartSvg(results))
 console.error(`[bench] wrote ${join(outDir, 'latest.json')}, latest.md and latest.svg`)
