@@ -7,7 +7,7 @@ import type { EventBody } from '../event.js'
 import type { HistoryRules } from '../memory-broker.js'
 import { Canary } from './canary.js'
 import { HistoryReader, type HistoryConnection } from './history.js'
-import { Outbox, type PublishingConnection } from './outbox.js'
+import { Outbox, type DirectConnection, type PublishingConnection } from './outbox.js'
 import { createRedis, type RedisTarget } from './connection.js'
 import { Lease, LEASE_RELEASE_SCRIPT, LEASE_RENEW_SCRIPT, type LeaseConnection } from './lease.js'
 import { PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys } from './stream.js'
@@ -27,7 +27,7 @@ export interface RedisBrokerOptions {
   outboxSize: number
   /** How often the canary goes round; 3 intervals late and the broker counts as down. */
   canaryIntervalMs: number
-  /** Replicas that must confirm each published batch (`WAIT`) before it leaves the outbox [0]. */
+  /** Replicas that must confirm each event (`WAIT`) before its publish resolves [0]; later events do not wait for it. */
   waitReplicas?: number
   /** How long a channel stays subscribed after its last local subscriber left [2000]. */
   lingerMs?: number
@@ -35,7 +35,7 @@ export interface RedisBrokerOptions {
   log?: LogFn
 }
 
-type CommandConnection = (Redis | Cluster) & PublishingConnection & HistoryConnection & SubscriptionConnection & LeaseConnection
+type CommandConnection = (Redis | Cluster) & PublishingConnection & DirectConnection & HistoryConnection & SubscriptionConnection
 type Subscriber = Redis | Cluster
 
 /** A channel this replica receives: its subscription, and who here wants it. */
@@ -72,6 +72,8 @@ export class RedisBroker implements Broker {
   /** PUBLISH, or on a Cluster SPUBLISH: an event travels to its shard only, not the whole bus. */
   readonly #publishCommand: string
   #lease: Lease | undefined
+  /** The lease's own connection (lead()). */
+  #leaseConnection: (Redis | Cluster) | undefined
   #state: BrokerState = 'connecting'
   /** The subscriber has stood once: Redis was reached. */
   #reached = false
@@ -100,12 +102,15 @@ export class RedisBroker implements Broker {
     this.#cmd = createRedis(options.target, 'command', { enableOfflineQueue: false }) as CommandConnection
     this.#cmd.defineCommand('fanoutPublish', { numberOfKeys: 5, lua: PUBLISH_SCRIPT })
     this.#cmd.defineCommand('fanoutReplayStart', { numberOfKeys: 2, lua: REPLAY_START_SCRIPT })
-    this.#cmd.defineCommand('fanoutLeaseRenew', { numberOfKeys: 1, lua: LEASE_RENEW_SCRIPT })
-    this.#cmd.defineCommand('fanoutLeaseRelease', { numberOfKeys: 1, lua: LEASE_RELEASE_SCRIPT })
     this.#cmd.on('ready', () => {
       if (!this.#sub) this.#setState('ready')
-      this.#outbox.flush()
+      // A new connection: no WAIT on it speaks for what the old one wrote (the outbox sends that again).
+      this.#outbox.connected()
     })
+    if (this.#cluster) {
+      // Each node has its own connection, replaced on its own: any of them anew, the same.
+      (this.#cmd as Cluster).on('+node', (node: Redis) => node.on('ready', () => this.#outbox.connected()))
+    }
     this.#cmd.on('close', () => { if (!this.#sub) this.#setState('down') })
     this.#cmd.on('error', (err) => this.#log.warn('command-connection', { err: err.message }, 'redis command connection error'))
     const cmd = () => this.#cmd
@@ -115,6 +120,8 @@ export class RedisBroker implements Broker {
       outboxSize: options.outboxSize,
       publishCommand: this.#publishCommand,
       waitReplicas: options.waitReplicas ?? 0,
+      cluster: this.#cluster,
+      direct: cmd,
       fence: () => this.#lease ? this.#lease.fence : { token: '', leaseMs: 0 },
       onFenced: async () => await this.#lease?.check() ?? true
     }, this.#counters, this.#log)
@@ -289,7 +296,15 @@ export class RedisBroker implements Broker {
    * the holder's publishes pass the publish script's fence. `onChange` hears every change.
    */
   lead (leaseMs: number, onChange: (leader: boolean) => void): Lease {
-    this.#lease = new Lease(() => this.#cmd, this.keys(GUEST_CHANNEL).lease, leaseMs, onChange, this.#log)
+    // A connection of its own: on the command connection a renewal would wait behind the
+    // outbox's WAIT (up to a second, with a replica gone) and its large pipelines, and a healthy
+    // leader would lose its lease to a standby.
+    const connection = createRedis(this.#options.target, 'lease', { enableOfflineQueue: false }) as (Redis | Cluster) & LeaseConnection
+    connection.defineCommand('fanoutLeaseRenew', { numberOfKeys: 1, lua: LEASE_RENEW_SCRIPT })
+    connection.defineCommand('fanoutLeaseRelease', { numberOfKeys: 1, lua: LEASE_RELEASE_SCRIPT })
+    connection.on('error', (err: Error) => this.#log.warn('lease-connection', { err: err.message }, 'redis lease connection error'))
+    this.#leaseConnection = connection
+    this.#lease = new Lease(() => connection, this.keys(GUEST_CHANNEL).lease, leaseMs, onChange, this.#log)
     this.#lease.start()
     return this.#lease
   }
@@ -303,7 +318,7 @@ export class RedisBroker implements Broker {
   }
 
   stats (): Record<string, number> {
-    return { ...this.#counters, outboxLength: this.#outbox.length, channelsJoined: this.#joined.size }
+    return { ...this.#counters, outboxLength: this.#outbox.length, unreplicated: this.#outbox.unreplicated, channelsJoined: this.#joined.size }
   }
 
   async close (): Promise<void> {
@@ -317,7 +332,7 @@ export class RedisBroker implements Broker {
     await this.#outbox.close()
     await this.#lease?.close()
     this.#setState('closed')
-    await Promise.all([quit(this.#sub), quit(this.#cmd)])
+    await Promise.all([quit(this.#sub), quit(this.#cmd), quit(this.#leaseConnection)])
   }
 
   #closed (): boolean { return this.#state === 'closed' }

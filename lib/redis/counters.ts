@@ -8,7 +8,7 @@ export function newCounters () {
     outboxDropped: 0,
     /** Events a worker dropped on finding that another one holds the lease. */
     fencedDropped: 0,
-    /** Batches published but not yet confirmed by REDIS_WAIT_REPLICAS replicas in time: kept and re-sent. */
+    /** WAITs that counted fewer than REDIS_WAIT_REPLICAS replicas: their events are live, and wait for a later WAIT (`unreplicated` in stats). */
     waitShortfalls: 0,
     /** Error replies and failed calls to Redis, of any command. */
     commandErrors: 0,
