@@ -648,7 +648,7 @@ export function channelsMarkdown (r: ChannelsResult): string {
     const calls = cluster.nodes.map((n) => n.calls)
     const total = sum(calls)
     lines.push('## cluster-spread: fastify-fanout\'s channels on a 3-primary Redis Cluster', '',
-      'The publisher pipelines as on one Redis, a pipeline per channel (lib/redis/slot-pipelines.ts).', '',
+      'The publisher pipelines as on one Redis, a pipeline per primary (lib/redis/slot-pipelines.ts).', '',
       'Publishes per primary: `cmdstat_evalsha` (+ `eval`, `fcall`) calls over the window (the publish script, plus the replicas\' ' +
       'own scripts: resume and canary); keys per primary at the end of the window.', '',
       '| primary (port) | script calls | share | Redis CPU s | keys |', '|---|---:|---:|---:|---:|')

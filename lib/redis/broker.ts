@@ -114,8 +114,8 @@ export class RedisBroker implements Broker {
     this.#cmd.on('close', () => { if (!this.#sub) this.#setState('down') })
     this.#cmd.on('error', (err) => this.#log.warn('command-connection', { err: err.message }, 'redis command connection error'))
     const cmd = () => this.#cmd
-    // On a Cluster a pipeline may only hold keys of one primary: a pipeline per channel.
-    this.#outbox = new Outbox(this.#cluster ? slotPipelining(cmd) : cmd, {
+    // On a Cluster a pipeline may only hold keys of one primary: a pipeline per primary.
+    this.#outbox = new Outbox(this.#cluster ? slotPipelining(cmd as () => CommandConnection & Cluster) : cmd, {
       channel: (name) => ({ keys: this.keys(name), ...options.rules(name) }),
       outboxSize: options.outboxSize,
       publishCommand: this.#publishCommand,

@@ -51,7 +51,7 @@ export interface OutboxOptions {
    * for that node's connection. A WAIT then confirms only events of the channels it was sent with.
    */
   cluster?: boolean
-  /** The connection as it is (`redis` may split pipelines by slot); by default `redis`. */
+  /** The connection as it is (`redis` may split pipelines by primary); by default `redis`. */
   direct?: () => DirectConnection
   /** A publish was refused as fenced: resolves to whether this publisher (still) holds the lease. */
   onFenced?: () => Promise<boolean>
@@ -297,7 +297,7 @@ export class Outbox {
     // A WAIT covers its connection's writes up to the last one, and an event answered from the
     // publisher's record was not written now: a write on that record after it (its expiry, set as
     // the script sets it) puts this connection's last write past it. On a Cluster the batch is
-    // split by slot (lib/redis/slot-pipelines.ts) and has no room for it: the probe writes it.
+    // split by primary (lib/redis/slot-pipelines.ts) and has no room for it: the probe writes it.
     if (direct !== undefined) for (const c of resent) direct.pexpire(c.publisherKey, recordTtl(c))
     // WAIT in the same pipeline: the same connection (on a Cluster, each node's).
     if (waiting) pipeline.wait(this.options.waitReplicas, this.#waitTimeout())

@@ -5,7 +5,8 @@ import { createRequire } from 'node:module'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { compareIds } from '../../lib/event.js'
-import { build, connect, httpStatus, waitFor, type TestApp, type TestClient } from '../support/helper.js'
+import { checkEveryChannel, subscriber } from '../support/channels.js'
+import { build, httpStatus, waitFor, type TestApp, type TestClient } from '../support/helper.js'
 import { ask, startCluster, type HostPort } from '../support/redis-topology.js'
 
 type Tap = Test
@@ -19,15 +20,6 @@ async function replica (t: Tap, redisClusterNodes: string): Promise<TestApp> {
   const app = await build(t, { redisClusterNodes, canaryIntervalMs: 200, redisWaitReplicas: 1 })
   await waitFor(async () => await httpStatus(`${app.url}/readyz`) === 200, 60_000, 'the replica to be ready')
   return app
-}
-
-async function subscriber (t: Tap, app: TestApp, channels: string[]): Promise<TestClient> {
-  const client = await connect(t, `${app.ws}/stream`, { protocols: ['fanout.v1'] })
-  for (const channel of channels) client.socket.send(JSON.stringify({ type: 'subscribe', channel }))
-  await client.until((c) => channels.every((ch) => c.json('subscribed').some((m) => m.channel === ch)) || c.json('error').length > 0,
-    60_000, `${channels.length} subscribed`)
-  if (client.json('error').length > 0) t.fail('a subscribe was refused', { errors: client.json('error') })
-  return client
 }
 
 /** The primaries now, by CLUSTER SLOTS of the first live node that answers: each with its slot ranges. */
@@ -76,7 +68,7 @@ t.test('a primary killed mid-conversation: every subscriber of 200 channels gets
   const channelsOf = (i: number) => Array.from({ length: PER_CLIENT }, (_, k) => `room:${(Math.floor(i / 2) * PER_CLIENT + k) % CHANNELS}`)
   const clients: TestClient[] = []
   for (let i = 0; i < CLIENTS; i += 10) {
-    clients.push(...await Promise.all(Array.from({ length: 10 }, (_, j) => subscriber(t, replicas[(i + j) % 2], channelsOf(i + j)))))
+    clients.push(...await Promise.all(Array.from({ length: 10 }, (_, j) => subscriber(t, replicas[(i + j) % 2], channelsOf(i + j), 60_000))))
   }
   const channels = [...new Set(clients.flatMap((_, i) => channelsOf(i)))]
   t.equal(channels.length, CHANNELS, `${CHANNELS} channels subscribed`)
@@ -141,25 +133,7 @@ t.test('a primary killed mid-conversation: every subscriber of 200 channels gets
   t.ok(busyAtKill > 50 && busyTotal - busyAtKill > 50, `the busy channel had events on both sides of the kill (${busyAtKill} + ${busyTotal - busyAtKill})`)
 
   // Everyone ends with every event of their channels, once and in order, or was told of a gap.
-  const received = (client: TestClient, channel: string) => client.json('chat').filter((e) => e.channel === channel).map((e) => String(e.id))
-  const done = (client: TestClient, mine: string[]) => mine.every((ch) => {
-    const want = expected.get(ch) ?? []
-    return want.length === 0 || received(client, ch).includes(want[want.length - 1]) || client.json('gap').some((g) => g.channel === ch)
-  })
-  await Promise.all(clients.map((c, i) => c.until((client) => done(client, channelsOf(i)), 60_000, `client ${i}: the last event of each channel`)))
-  await sleep(300) // room for a duplicate to show
-  let exact = 0
-  const told: string[] = []
-  for (const [i, client] of clients.entries()) {
-    for (const channel of channelsOf(i)) {
-      const got = received(client, channel)
-      const want = expected.get(channel) ?? []
-      const gaps = client.json('gap').filter((g) => g.channel === channel)
-      if (gaps.length > 0) told.push(`client ${i} ${channel}: ${JSON.stringify(gaps)}`)
-      if (got.length === want.length && got.every((id, k) => id === want[k])) exact++
-      else if (gaps.length === 0) t.fail(`client ${i} ${channel}: got ${got.length} of ${want.length}, not in order or not once, and not told`, { got, want })
-    }
-  }
+  const { exact, told } = await checkEveryChannel(t, clients, channelsOf, expected)
   // Confirmed only once a replica had them (WAIT): the promoted replica holds every one, and the
   // subscriptions moved to it repair from its streams. Nothing is lost, so no one is told of a gap.
   t.same(told, [], 'no gap: nothing was lost')

@@ -8,7 +8,8 @@ import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { CHANNEL_IDLE_GRACE_MS } from '../../lib/channels.js'
 import { compareIds } from '../../lib/event.js'
-import { build, connect, httpStatus, startRedis, waitFor, type TestApp, type TestClient, type TestRedis } from '../support/helper.js'
+import { checkEveryChannel, subscriber } from '../support/channels.js'
+import { build, httpStatus, startRedis, waitFor, type TestApp, type TestClient, type TestRedis } from '../support/helper.js'
 
 type Tap = Test
 
@@ -28,16 +29,6 @@ async function replica (t: Tap, options: Parameters<typeof build>[1]): Promise<T
   const app = await build(t, options)
   await waitFor(async () => await httpStatus(`${app.url}/readyz`) === 200, 30_000, 'the replica to be ready')
   return app
-}
-
-/** A fanout.v1 client of `/stream`, subscribed (acknowledged) to every channel of `channels`. */
-async function subscriber (t: Tap, app: TestApp, channels: string[]): Promise<TestClient> {
-  const client = await connect(t, `${app.ws}/stream`, { protocols: ['fanout.v1'] })
-  for (const channel of channels) client.socket.send(JSON.stringify({ type: 'subscribe', channel }))
-  await client.until((c) => channels.every((ch) => c.json('subscribed').some((m) => m.channel === ch)) || c.json('error').length > 0,
-    30_000, `${channels.length} subscribed`)
-  if (client.json('error').length > 0) t.fail('a subscribe was refused', { errors: client.json('error') })
-  return client
 }
 
 /** The pub/sub channels the server has subscribers for, canaries left out. */
@@ -176,27 +167,7 @@ t.test('1,000 channels, 100 clients on 2 replicas: each event once and in order 
   }
 
   // Everyone ends with every event of their channels, once and in order, or was told of a gap.
-  const received = (client: TestClient, channel: string) => client.json('chat').filter((e) => e.channel === channel).map((e) => String(e.id))
-  const done = (client: TestClient, channels: string[]) => channels.every((ch) => {
-    const want = expected.get(ch) ?? []
-    return want.length === 0 || received(client, ch).includes(want[want.length - 1]) || client.json('gap').some((g) => g.channel === ch)
-  })
-  await Promise.all(clients.map((c, i) => c.until((client) => done(client, channelsOf(i)), 60_000, `client ${i}: the last event of each channel`)))
-  await sleep(300) // room for a duplicate to show
-  let exact = 0
-  const told: string[] = []
-  for (const [i, client] of clients.entries()) {
-    for (const channel of channelsOf(i)) {
-      const got = received(client, channel)
-      const want = expected.get(channel) ?? []
-      const gaps = client.json('gap').filter((g) => g.channel === channel)
-      if (gaps.length > 0) told.push(`client ${i} ${channel}: ${JSON.stringify(gaps)}`)
-      if (got.length === want.length && got.every((id, k) => id === want[k])) exact++
-      else if (gaps.length === 0) t.fail(`client ${i} ${channel}: got ${got.length} of ${want.length}, not in order or not once, and not told`, { got, want })
-    }
-    const foreign = client.json('chat').filter((e) => !channelsOf(i).includes(String(e.channel)))
-    if (foreign.length > 0) t.fail(`client ${i}: events of channels it did not subscribe to`, { foreign })
-  }
+  const { exact, told } = await checkEveryChannel(t, clients, channelsOf, expected)
   // AOF with appendfsync always, and subscriptions repaired from the streams: nothing is lost, so
   // no client has reason to be told of a gap.
   t.same(told, [], 'no gap: nothing was lost')

@@ -5,63 +5,10 @@
 import t from 'tap'
 import { build, startRedis, waitFor, type TestApp } from '../support/helper.js'
 import { coreOf } from '../../plugins/fanout.js'
+import { openSse as stream, type SseRecord } from '../support/sse.js'
 
 type Tap = Parameters<typeof build>[0]
 type Json = Record<string, unknown>
-
-interface SseRecord { id?: string, event?: string, data: string }
-
-interface Stream {
-  status: number
-  records: SseRecord[]
-  /** The unnamed records (events), parsed. */
-  events: () => Json[]
-  /** The named records of one type (`subscribed`), parsed. */
-  named: (type: string) => Json[]
-  close: () => void
-}
-
-/** An EventSource client by hand, as test/integration/sse.test.ts has it: fetch, then the records as they arrive. */
-async function stream (t: Tap, url: string, headers: Record<string, string> = {}): Promise<Stream> {
-  const abort = new AbortController()
-  t.teardown(() => abort.abort())
-  const response = await fetch(url, { headers: { accept: 'text/event-stream', ...headers }, signal: abort.signal })
-  const records: SseRecord[] = []
-  if (response.status === 200) {
-    ;(async () => {
-      let buffer = ''
-      const decoder = new TextDecoder()
-      try {
-        for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-          buffer += decoder.decode(chunk, { stream: true })
-          let end
-          while ((end = buffer.indexOf('\n\n')) !== -1) {
-            const block = buffer.slice(0, end)
-            buffer = buffer.slice(end + 2)
-            const record: SseRecord = { data: '' }
-            for (const line of block.split('\n')) {
-              if (line.startsWith(':')) continue
-              const [field, ...rest] = line.split(': ')
-              if (field === 'id') record.id = rest.join(': ')
-              else if (field === 'event') record.event = rest.join(': ')
-              else if (field === 'data') record.data += rest.join(': ')
-            }
-            if (record.data !== '') records.push(record)
-          }
-        }
-      } catch {} // aborted
-    })()
-  } else {
-    await response.body?.cancel()
-  }
-  return {
-    status: response.status,
-    records,
-    events: () => records.filter((r) => r.event === undefined).map((r) => JSON.parse(r.data)),
-    named: (type) => records.filter((r) => r.event === type).map((r) => JSON.parse(r.data)),
-    close: () => abort.abort()
-  }
-}
 
 async function redisApp (t: Tap): Promise<TestApp> {
   const redis = await startRedis(t)

@@ -4,48 +4,7 @@ import { connect as netConnect } from 'node:net'
 import t from 'tap'
 import { build, connect, waitFor, type TestApp } from '../support/helper.js'
 import { coreOf } from '../../plugins/fanout.js'
-
-type Tap = Parameters<typeof build>[0]
-
-interface SseRecord { id?: string, event?: string, data: string }
-
-/** An EventSource client by hand: fetch, then the records parsed as they arrive. */
-async function stream (t: Tap, url: string, headers: Record<string, string> = {}): Promise<{ status: number, records: SseRecord[], events: () => Array<Record<string, unknown>> }> {
-  const abort = new AbortController()
-  t.teardown(() => abort.abort())
-  const response = await fetch(url, { headers: { accept: 'text/event-stream', ...headers }, signal: abort.signal })
-  const records: SseRecord[] = []
-  if (response.status === 200) {
-    ;(async () => {
-      let buffer = ''
-      const decoder = new TextDecoder()
-      try {
-        for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-          buffer += decoder.decode(chunk, { stream: true })
-          let end
-          while ((end = buffer.indexOf('\n\n')) !== -1) {
-            const block = buffer.slice(0, end)
-            buffer = buffer.slice(end + 2)
-            const record: SseRecord = { data: '' }
-            for (const line of block.split('\n')) {
-              if (line.startsWith(':')) continue
-              const [field, ...rest] = line.split(': ')
-              if (field === 'id') record.id = rest.join(': ')
-              else if (field === 'event') record.event = rest.join(': ')
-              else if (field === 'data') record.data += rest.join(': ')
-            }
-            if (record.data !== '') records.push(record)
-          }
-        }
-      } catch {} // aborted
-    })()
-  }
-  return {
-    status: response.status,
-    records,
-    events: () => records.filter((r) => r.event === undefined).map((r) => JSON.parse(r.data))
-  }
-}
+import { openSse as stream } from '../support/sse.js'
 
 async function publishMany (app: TestApp['app'], n: number): Promise<string[]> {
   const ids: string[] = []

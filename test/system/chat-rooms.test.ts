@@ -8,7 +8,7 @@
 // of its rooms exactly once and in order, or was told (a `gap`, or `lost: true`) where it lacks
 // one: nothing acknowledged is silently missing.
 import { execFile } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
@@ -17,6 +17,7 @@ import t from 'tap'
 import { WebSocket } from 'ws'
 import { compareIds } from '../../lib/event.js'
 import { freePort, httpStatus, ROOT, run, tempDir, waitFor, type Proc } from '../support/helper.js'
+import { packClean } from '../support/pack.js'
 import { startCluster, type HostPort } from '../support/redis-topology.js'
 
 const exec = promisify(execFile)
@@ -188,19 +189,7 @@ interface Acked { room: string, text: string, via: 'http' | 'ws', at: number }
 
 t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, a slot owner killed mid-conversation, nothing acknowledged silently lost', { timeout: 300_000 }, async (t) => {
   const dir = tempDir(t, 'fanout-chat-')
-  // The package as a fresh clone packs it: what git tracks, no dist/ (prepack builds it).
-  const src = join(dir, 'src')
-  const { stdout: tracked } = await exec('git', ['ls-files', '-z'], { cwd: ROOT })
-  for (const file of tracked.split('\0').filter(Boolean)) {
-    if (!existsSync(join(ROOT, file))) continue
-    mkdirSync(join(src, file, '..'), { recursive: true })
-    cpSync(join(ROOT, file), join(src, file))
-  }
-  symlinkSync(join(ROOT, 'node_modules'), join(src, 'node_modules'))
-  const cache = join(dir, 'npm-cache')
-  const npm = async (args: string[], cwd: string) => exec('npm', [...args, '--cache', cache, '--no-audit', '--no-fund', '--loglevel=error'], { cwd, maxBuffer: 16 * 1024 * 1024 })
-  const { stdout: packed } = await npm(['pack', '--json', '--pack-destination', dir], src)
-  const [{ filename }] = JSON.parse(packed) as Array<{ filename: string }>
+  const { filename, npm } = await packClean(dir)
 
   const app = join(dir, 'chat')
   mkdirSync(app)

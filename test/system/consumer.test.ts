@@ -5,11 +5,12 @@
 // published through its route reaches a WebSocket and an EventSource client, and after SIGTERM
 // (the example's `app.close()`) the process exits on its own.
 import { execFile } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { connect, freePort, ROOT, run, tempDir, waitFor } from '../support/helper.js'
+import { packClean } from '../support/pack.js'
 
 const exec = promisify(execFile)
 const devDependencies = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).devDependencies as Record<string, string>
@@ -26,18 +27,7 @@ function example (file: string, name: string): string {
 t.test('npm pack, install into a strict TypeScript app, the README example compiles, serves and exits', { timeout: 360_000 }, async (t) => {
   const dir = tempDir(t, 'fanout-consumer-')
   // A clean copy of what git tracks, no dist/: what a fresh clone packs.
-  const src = join(dir, 'src')
-  const { stdout: tracked } = await exec('git', ['ls-files', '-z'], { cwd: ROOT })
-  for (const file of tracked.split('\0').filter(Boolean)) {
-    if (!existsSync(join(ROOT, file))) continue
-    mkdirSync(join(src, file, '..'), { recursive: true })
-    cpSync(join(ROOT, file), join(src, file))
-  }
-  symlinkSync(join(ROOT, 'node_modules'), join(src, 'node_modules'))
-  const cache = join(dir, 'npm-cache')
-  const npm = async (args: string[], cwd: string) => exec('npm', [...args, '--cache', cache, '--no-audit', '--no-fund', '--loglevel=error'], { cwd, maxBuffer: 16 * 1024 * 1024 })
-  const { stdout: packed } = await npm(['pack', '--json', '--pack-destination', dir], src)
-  const [{ filename, files }] = JSON.parse(packed) as Array<{ filename: string, files: Array<{ path: string }> }>
+  const { filename, files, npm } = await packClean(dir)
   const paths = files.map((f) => f.path)
   for (const needed of ['dist/app.js', 'dist/app.d.ts', 'dist/demo/plugin.js', 'dist/server.js', 'dist/worker.js', 'demo/public/index.html', 'demo/public/client.js', 'docs/protocol.md']) {
     t.ok(paths.includes(needed), `the tarball holds ${needed}`)
