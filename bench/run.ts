@@ -811,6 +811,6 @@ console.log(report)
 mkdirSync(outDir, { recursive: true })
 writeFileSync(join(outDir, 'latest.json'), JSON.stringify({ ...results, channels, profiles }, null, 2) + '\n')
 writeFileSync(join(outDir, 'latest.md'), report + '\n')
-writeFileSync(join(outDir, 'latest.svg'), chartSvg(results))
+writeFileSync(join(outDir, 'latest.svg'), chartSvg(results, channels))
 console.error(`[bench] wrote ${join(outDir, 'latest.json')}, latest.md and latest.svg`)
 process.exitCode = errors.length > 0 ? 1 : 0
