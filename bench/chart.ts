@@ -80,7 +80,7 @@ export function chartSvg (results: Results, channels?: ChannelsResult): string {
     y += 30
   }
   const caption = `npm run bench, ${results.startedAt.slice(0, 16).replace('T', ' ')} UTC; ${results.machine.cores} cores, ` +
-    `Node ${results.machine.node}; medians of rounds, all systems in the same run (bench/results/latest.md)`
+    `Node ${results.machine.node}; medians of rounds, all systems in the same run (latest.md beside this chart)`
   parts.push(`<text x="0" y="${y - 10}" class="caption">${escape(caption)}</text>`)
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${y}" viewBox="0 0 ${WIDTH} ${y}" font-family="system-ui, sans-serif">`,
