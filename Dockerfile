@@ -8,6 +8,7 @@ COPY lib lib
 COPY plugins plugins
 COPY routes routes
 COPY demo demo
+COPY client client
 RUN npm run build
 
 # Runtime: production dependencies, the compiled code and the demo page; not root.
