@@ -6,11 +6,10 @@
 // same with the sharded adapter, and Nchan (several channel ids per subscriber, HTTP publisher).
 // One system at a time, on fresh replicas; the harness (bench/run.ts) lends its process helpers.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { histogram, merge, cpuSeconds, quantile, rssBytes, sleep, machineTicks, type Reply } from './common.js'
-import { nchanAvailable } from './nchan.js'
+import { nchanAvailable, nchanServer } from './nchan.js'
 import { monotonicUs, type Window } from './profile.js'
 import type { SystemName } from './systems.js'
 
@@ -220,25 +219,9 @@ function makeLoad (channels: number, clients: number, perClient: number, s: numb
 
 interface Replicas { system: ChannelSystem, ports: number[], procs: ChildProcess[], helpers: ChildProcess[], publishUrl?: string }
 
+/** A replica for the channels scenario: one subscriber on several channels, a publisher per channel. */
 function nchanConfig (dir: string, port: number, redisUrl: string, connections: number): string[] {
-  mkdirSync(join(dir, 'tmp'), { recursive: true })
-  const conf = join(dir, 'nginx.conf')
-  const module = process.env.BENCH_NCHAN_MODULE ?? '/usr/lib/nginx/modules/ngx_nchan_module.so'
-  writeFileSync(conf, `load_module ${module};
-master_process off;
-daemon off;
-worker_processes 1;
-worker_rlimit_nofile ${connections + 200};
-pid ${join(dir, 'nginx.pid')};
-error_log ${join(dir, 'error.log')} warn;
-events { worker_connections ${connections + 100}; }
-http {
-  access_log off;
-  client_body_temp_path ${join(dir, 'tmp')};
-  upstream redis { nchan_redis_server ${redisUrl}; }
-  server {
-    listen 127.0.0.1:${port};
-    # ?c=a,b,c: one subscriber, several channels (a multiplexed subscription).
+  return nchanServer(dir, port, redisUrl, connections, `    # ?c=a,b,c: one subscriber, several channels (a multiplexed subscription).
     location = /sub {
       nchan_subscriber websocket;
       nchan_channel_id $arg_c;
@@ -252,11 +235,7 @@ http {
       nchan_redis_pass redis;
       nchan_message_buffer_length 100;
       nchan_message_timeout 60s;
-    }
-  }
-}
-`)
-  return ['-p', dir, '-c', conf]
+    }`)
 }
 
 async function startReplicas (ctx: ChannelsContext, system: ChannelSystem, redisEnv: Record<string, string>): Promise<Replicas> {

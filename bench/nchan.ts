@@ -19,8 +19,8 @@ export function nchanAvailable (): { nginx: string } | { missing: string } {
   return { nginx }
 }
 
-/** Writes one replica's config into `dir`; returns nginx's arguments. */
-export function nchanConfig (dir: string, port: number, redisUrl: string, connections: number): string[] {
+/** Writes one replica's config into `dir`, with the `locations` its scenario serves; returns nginx's arguments. */
+export function nchanServer (dir: string, port: number, redisUrl: string, connections: number, locations: string): string[] {
   mkdirSync(join(dir, 'tmp'), { recursive: true })
   const conf = join(dir, 'nginx.conf')
   writeFileSync(conf, `load_module ${MODULE};
@@ -37,7 +37,16 @@ http {
   upstream redis { nchan_redis_server ${redisUrl}; }
   server {
     listen 127.0.0.1:${port};
-    location = /guest {
+${locations}
+  }
+}
+`)
+  return ['-p', dir, '-c', conf]
+}
+
+/** The guest stream's replica: subscribers on /guest, the publisher at NCHAN_PUBLISH_PATH. */
+export function nchanConfig (dir: string, port: number, redisUrl: string, connections: number): string[] {
+  return nchanServer(dir, port, redisUrl, connections, `    location = /guest {
       nchan_subscriber websocket;
       nchan_channel_id guest;
       nchan_redis_pass redis;
@@ -50,9 +59,5 @@ http {
       nchan_redis_pass redis;
       nchan_message_buffer_length 100;
       nchan_message_timeout 60s;
-    }
-  }
-}
-`)
-  return ['-p', dir, '-c', conf]
+    }`)
 }
