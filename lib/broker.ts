@@ -6,6 +6,9 @@ import type { BrokerEvent, EventBody } from './event.js'
  * - `down`: the connection is lost or the canary is late: events may be missed until it recovers;
  * - `closed`: closed for good.
  */
+/** A channel's history limits, as both brokers keep them: events kept, and their age (0: no limit). */
+export type HistoryRules = (channel: string) => { historySize: number, historyAgeMs: number }
+
 /** How long an idempotency key is remembered. */
 export const IDEMPOTENCY_MS = 24 * 3600_000
 

@@ -1,10 +1,7 @@
 import { EventEmitter } from 'node:events'
-import { IDEMPOTENCY_MS, type Broker, type BrokerListener, type BrokerState, type Position, type Replay } from './broker.js'
+import { IDEMPOTENCY_MS, type Broker, type BrokerListener, type BrokerState, type HistoryRules, type Position, type Replay } from './broker.js'
 import { CHANNEL_IDLE_GRACE_MS } from './channels.js'
 import { compareIds, encodeBody, HISTORY_PAGE, newEpoch, withId, type BrokerEvent, type EventBody } from './event.js'
-
-/** What the memory broker needs to know of a channel's settings. */
-export type HistoryRules = (channel: string) => { historySize: number, historyAgeMs: number }
 
 /** One channel's history: a bounded ring, in id order. */
 interface ChannelHistory {
