@@ -11,7 +11,7 @@ import { createShardedAdapter } from '@socket.io/redis-adapter'
 import { Redis } from 'ioredis'
 import { Server } from 'socket.io'
 import { WebSocket } from 'ws'
-import { histogram, nowMs, record, serve, sleep } from './common.js'
+import { fanoutPublisher, histogram, nowMs, record, serve, sleep } from './common.js'
 import { eventBody, FANOUT_PREFIX } from './systems.js'
 
 /** The systems of the channels scenario (bench/channels.ts CHANNEL_SYSTEMS). */
@@ -126,23 +126,8 @@ type Publish = (channel: string, body: ReturnType<typeof eventBody>) => Promise<
 
 async function publisherFor (system: System): Promise<Publish> {
   const redisUrl = process.env.REDIS_URL ?? ''
-  if (system === 'fanout' || system === 'fanout-cluster') {
-    // The product's own publish path (lib/redis/broker.ts publish(channel, body): the outbox, one
-    // Lua call per event, pipelined), with the product's default history rules, loaded from dist/.
-    const { RedisBroker } = await import(new URL('../lib/redis/broker.js', import.meta.url).href) as
-      { RedisBroker: new (options: Record<string, unknown>) => { publish: Publish } }
-    const { SETTINGS } = await import(new URL('../lib/config.js', import.meta.url).href) as { SETTINGS: Record<string, { schema: { default?: number } }> }
-    const { redisTarget } = await import(new URL('../lib/redis/connection.js', import.meta.url).href) as { redisTarget: (settings: Record<string, string | undefined>) => unknown }
-    const rules = { historySize: SETTINGS.historySize.schema.default, historyAgeMs: SETTINGS.historyAgeMs.schema.default }
-    const broker = new RedisBroker({
-      target: redisTarget({ url: redisUrl, clusterNodes: process.env.REDIS_CLUSTER_NODES }),
-      prefix: FANOUT_PREFIX,
-      rules: () => rules,
-      outboxSize: SETTINGS.outboxSize.schema.default,
-      canaryIntervalMs: SETTINGS.canaryIntervalMs.schema.default
-    })
-    return (channel, body) => broker.publish(channel, body)
-  }
+  // The product's own publish path: the outbox, one Lua call per event, pipelined.
+  if (system === 'fanout' || system === 'fanout-cluster') return await fanoutPublisher(redisUrl, FANOUT_PREFIX)
   if (system === 'nchan') {
     const base = process.env.BENCH_PUBLISH_URL as string
     const agent = new Agent({ keepAlive: true, maxSockets: 16 })

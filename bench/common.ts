@@ -102,3 +102,24 @@ export function serve (handle: (request: Request) => Promise<Record<string, unkn
 export function sleep (ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
+
+/**
+ * fastify-fanout's own publish path, loaded at run time from dist/ (so the bench build does not
+ * compile, and rewrite, the product): the product's RedisBroker with its defaults, on one Redis or
+ * on the Cluster of REDIS_CLUSTER_NODES.
+ */
+export async function fanoutPublisher (redisUrl: string, prefix: string): Promise<(channel: string, body: object) => Promise<string>> {
+  const dist = (path: string): string => new URL(`../${path}`, import.meta.url).href
+  const { RedisBroker } = await import(dist('lib/redis/broker.js')) as { RedisBroker: new (options: Record<string, unknown>) => { publish (channel: string, body: object): Promise<string> } }
+  const { SETTINGS } = await import(dist('lib/config.js')) as { SETTINGS: Record<string, { schema: { default?: number } }> }
+  const { redisTarget } = await import(dist('lib/redis/connection.js')) as { redisTarget: (settings: Record<string, string | undefined>) => unknown }
+  const history = { historySize: SETTINGS.historySize.schema.default, historyAgeMs: SETTINGS.historyAgeMs.schema.default }
+  const broker = new RedisBroker({
+    target: redisTarget({ url: redisUrl, clusterNodes: process.env.REDIS_CLUSTER_NODES }),
+    prefix,
+    rules: () => history,
+    outboxSize: SETTINGS.outboxSize.schema.default,
+    canaryIntervalMs: SETTINGS.canaryIntervalMs.schema.default
+  })
+  return (channel, body) => broker.publish(channel, body)
+}

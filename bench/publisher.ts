@@ -3,7 +3,7 @@
 import { Agent, request } from 'node:http'
 import { Emitter } from '@socket.io/redis-emitter'
 import { Redis } from 'ioredis'
-import { nowMs, serve, sleep } from './common.js'
+import { fanoutPublisher, nowMs, serve, sleep } from './common.js'
 import { channelOf, eventBody, FANOUT_PREFIX, isFanout, type SystemName } from './systems.js'
 
 const system = process.env.BENCH_SYSTEM as SystemName
@@ -12,28 +12,12 @@ const redisUrl = process.env.REDIS_URL as string
 /** fastify-fanout's own publish path (one Lua call per event, pipelined), loaded from the build. */
 type Body = ReturnType<typeof eventBody> & { n?: number }
 
-interface FanoutBroker {
-  publish (channel: string, body: Body): Promise<string>
-}
-
 type Publish = (body: Body) => Promise<unknown>
 
 async function publisherFor (name: SystemName): Promise<Publish> {
   if (isFanout(name)) {
-    // Loaded at run time from dist/ so this build does not compile (and rewrite) the product.
-    const { RedisBroker } = await import(new URL('../lib/redis/broker.js', import.meta.url).href) as { RedisBroker: new (options: Record<string, unknown>) => FanoutBroker }
-    const { SETTINGS } = await import(new URL('../lib/config.js', import.meta.url).href) as { SETTINGS: Record<string, { schema: { default?: number } }> }
-    const { redisTarget } = await import(new URL('../lib/redis/connection.js', import.meta.url).href) as { redisTarget: (settings: Record<string, string | undefined>) => unknown }
-    // The product's own broker, with the product's defaults, on one Redis or on the Cluster.
-    const history = { historySize: SETTINGS.historySize.schema.default, historyAgeMs: SETTINGS.historyAgeMs.schema.default }
-    const broker = new RedisBroker({
-      target: redisTarget({ url: redisUrl, clusterNodes: process.env.REDIS_CLUSTER_NODES }),
-      prefix: FANOUT_PREFIX,
-      rules: () => history,
-      outboxSize: SETTINGS.outboxSize.schema.default,
-      canaryIntervalMs: SETTINGS.canaryIntervalMs.schema.default
-    })
-    return (body) => broker.publish('guest', body)
+    const publish = await fanoutPublisher(redisUrl, FANOUT_PREFIX)
+    return (body) => publish('guest', body)
   }
   if (name === 'nchan') {
     // One HTTP POST per event, as Nchan's publishers do; kept-alive connections, several in flight.
