@@ -3,13 +3,14 @@ import { EventEmitter } from 'node:events'
 import type { Cluster, Redis } from 'ioredis'
 import type { Broker, BrokerListener, BrokerState, GapListener, HistoryRules, Position, Replay } from '../broker.js'
 import { GUEST_CHANNEL } from '../channels.js'
-import type { EventBody } from '../event.js'
+import { newEpoch, type EventBody } from '../event.js'
 import { Canary } from './canary.js'
+import { delay, retryDelay } from './retry.js'
 import { HistoryReader, type HistoryConnection } from './history.js'
 import { Outbox, type DirectConnection, type PublishingConnection } from './outbox.js'
 import { createRedis, type RedisTarget } from './connection.js'
 import { Lease, LEASE_RELEASE_SCRIPT, LEASE_RENEW_SCRIPT, type LeaseConnection } from './lease.js'
-import { PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys } from './stream.js'
+import { LOSS_SCRIPT, PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys } from './stream.js'
 import { slotPipelining } from './slot-pipelines.js'
 import { Subscription, type SubscriptionConnection } from './subscription.js'
 import { newCounters } from './counters.js'
@@ -34,7 +35,12 @@ export interface RedisBrokerOptions {
   log?: LogFn
 }
 
-type CommandConnection = (Redis | Cluster) & PublishingConnection & DirectConnection & HistoryConnection & SubscriptionConnection
+/** LOSS_SCRIPT, defined on the command connection. */
+interface LossConnection {
+  fanoutLoss (events: string, meta: string, missing: string, epoch: string, channel: string, command: string): Promise<number>
+}
+
+type CommandConnection = (Redis | Cluster) & PublishingConnection & DirectConnection & HistoryConnection & SubscriptionConnection & LossConnection
 type Subscriber = Redis | Cluster
 
 /** A channel this replica receives: its subscription, and who here wants it. */
@@ -55,6 +61,8 @@ interface Joined {
 /** SUBSCRIBE and UNSUBSCRIBE carry at most this many channels each. */
 const SUBSCRIBE_BATCH = 1000
 const LINGER_MS = 2000
+/** How many times a loss declaration is tried while Redis refuses it (a failover still settling). */
+const LOSS_ATTEMPTS = 10
 
 /**
  * Redis fan-out, from its parts: the outbox publishes (exactly once, in order per channel), a
@@ -91,6 +99,8 @@ export class RedisBroker implements Broker {
   #onGap: GapListener = () => {}
   #canary: Canary | undefined
   #closing = false
+  /** Loss declarations on their way, by channel and missing id: one each. */
+  readonly #declaring = new Set<string>()
 
   constructor (options: RedisBrokerOptions) {
     this.#options = options
@@ -101,14 +111,14 @@ export class RedisBroker implements Broker {
     this.#cmd = createRedis(options.target, 'command', { enableOfflineQueue: false }) as CommandConnection
     this.#cmd.defineCommand('fanoutPublish', { numberOfKeys: 5, lua: PUBLISH_SCRIPT })
     this.#cmd.defineCommand('fanoutReplayStart', { numberOfKeys: 2, lua: REPLAY_START_SCRIPT })
+    this.#cmd.defineCommand('fanoutLoss', { numberOfKeys: 2, lua: LOSS_SCRIPT })
     this.#cmd.on('ready', () => {
       if (!this.#sub) this.#setState('ready')
-      // A new connection: no WAIT on it speaks for what the old one wrote (the outbox sends that again).
-      this.#outbox.connected()
+      this.#reconnected()
     })
     if (this.#cluster) {
       // Each node has its own connection, replaced on its own: any of them anew, the same.
-      (this.#cmd as Cluster).on('+node', (node: Redis) => node.on('ready', () => this.#outbox.connected()))
+      (this.#cmd as Cluster).on('+node', (node: Redis) => node.on('ready', () => this.#reconnected()))
     }
     this.#cmd.on('close', () => { if (!this.#sub) this.#setState('down') })
     this.#cmd.on('error', (err) => this.#log.warn('command-connection', { err: err.message }, 'redis command connection error'))
@@ -210,7 +220,8 @@ export class RedisBroker implements Broker {
       const ready = new Promise<void>((resolve) => { markReady = resolve })
       const keys = this.keys(channel)
       const subscription = new Subscription(() => this.#cmd, keys, (event) => this.#listener(channel, event),
-        (gap) => this.#onGap(channel, gap), this.#counters, this.#log, this.#options.rules(channel).historySize)
+        (gap) => this.#onGap(channel, gap), this.#counters, this.#log, this.#options.rules(channel).historySize,
+        (missing) => { this.#declareLoss(channel, missing).catch(() => {}) })
       joined = { name: channel, live: keys.channel, subscription, refs: 0, linger: undefined, ready, markReady }
       this.#joined.set(channel, joined)
       this.#byLive.set(joined.live, joined)
@@ -288,6 +299,48 @@ export class RedisBroker implements Broker {
     if (this.#joined.get(joined.name) !== joined) return // left meanwhile
     joined.subscription.onSubscribed().then(joined.markReady,
       (err: Error) => this.#log.error({ channel: joined.name, err: err.message }, 'channel repair failed'))
+  }
+
+  /**
+   * A new command connection (a reconnect, a failover; on a Cluster, any node's). No WAIT on it
+   * speaks for what the old one wrote: the outbox sends that again. And a failover may have lost
+   * what this publisher was given ids for, though no replica delivered it: each channel's newest
+   * is looked for in its history, and declared lost if it is gone.
+   */
+  #reconnected (): void {
+    this.#outbox.connected()
+    for (const [channel, newest] of this.#outbox.newestIds()) this.#declareLoss(channel, newest).catch(() => {})
+  }
+
+  /**
+   * Declares a channel's history lost if an event Redis took (`missing`) is no longer in it
+   * (LOSS_SCRIPT): every replica's clients are told, and resumes from before are answered
+   * `lost: true`. Tried again while Redis refuses it (a failover settling); the script itself
+   * decides, so any number of replicas may report the same loss.
+   */
+  async #declareLoss (channel: string, missing: string): Promise<void> {
+    const key = `${channel} ${missing}`
+    if (this.#declaring.has(key)) return
+    this.#declaring.add(key)
+    const keys = this.keys(channel)
+    try {
+      for (let attempt = 0; attempt < LOSS_ATTEMPTS && !this.#closing; attempt++) {
+        try {
+          const declared = await this.#cmd.fanoutLoss(keys.events, keys.meta, missing, newEpoch(), keys.channel, this.#publishCommand)
+          if (declared === 1) {
+            this.#counters.lossesDeclared++
+            this.#log.warn('loss', { channel, missing }, 'an event Redis had taken is gone from the history (a lossy failover): declared a new epoch, clients are told')
+          }
+          return
+        } catch (err) {
+          this.#counters.commandErrors++
+          this.#log.warn('loss-check', { channel, missing, err: (err as Error).message, attempt }, 'could not check the history for a lost event yet; retrying')
+          await delay(retryDelay(attempt, 1000))
+        }
+      }
+    } finally {
+      this.#declaring.delete(key)
+    }
   }
 
   /**

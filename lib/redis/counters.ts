@@ -20,6 +20,8 @@ export function newCounters () {
     epochChanges: 0,
     /** The same epoch going back in seq: the history lost its newest events. */
     historyRewinds: 0,
+    /** Histories this replica found to have lost events Redis had taken, and declared lost (a new epoch, clients told). */
+    lossesDeclared: 0,
     /** Gaps told to clients (`{"type":"gap"}`). */
     gapsReported: 0,
     /** Warnings not logged because their kind was over its rate. */

@@ -164,6 +164,11 @@ export class Outbox {
 
   get channels (): number { return this.#channels.size }
 
+  /** Each channel's newest id Redis gave this publisher. */
+  * newestIds (): Iterable<[string, string]> {
+    for (const state of this.#channels.values()) if (state.floor !== '0-0') yield [state.name, state.floor]
+  }
+
   publish (channel: string, body: EventBody, idempotencyKey?: string): Promise<string> {
     if (this.#closed) return Promise.reject(new Error('broker is closed'))
     const encoded = encodeBody(body)

@@ -145,6 +145,50 @@ return added
 `
 
 /**
+ * Declares a channel's history lost: an event this process knows Redis took (it delivered it, or
+ * was given its id) is no longer in the stream, though it is not older than the stream's first
+ * entry, so no trim took it: a failover to a replica that had not received it. Whoever notices
+ * first (a replica that delivered it, the publisher that was given its id) declares it, once:
+ *
+ * - The history starts a new epoch after everything it holds and everything lost (`start`), so a
+ *   resume from any place before is answered `lost: true`, and later ids are above every lost one.
+ * - `lost <epoch> <after>` on the live channel tells every replica's subscribers, in order with the
+ *   events: the events after `after` (the last one the history kept before the missing one) may be
+ *   gone. `lost` in the meta keeps it for a replica whose subscription was down meanwhile.
+ *
+ * An id older than the epoch's `start` was covered when that epoch began; one still in the stream
+ * was not lost: both answer 0, so many processes may report the same loss.
+ *
+ * KEYS: events, meta. ARGV: the missing id, the new epoch's name, pub/sub channel, publish command.
+ * Returns 1 if this call declared the loss, else 0.
+ */
+export const LOSS_SCRIPT = `#!lua
+local function parse (id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local function below (a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local missing = ARGV[1]
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'start', 'last')
+if not meta[1] or below(missing, meta[2] or '0-0') then return 0 end
+if #redis.call('XRANGE', KEYS[1], missing, missing) > 0 then return 0 end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first > 0 and below(missing, first[1][1]) then return 0 end
+local kept = redis.call('XREVRANGE', KEYS[1], '(' .. missing, '-', 'COUNT', 1)
+local after = kept[1] and kept[1][1] or '0-0'
+local last = meta[3] or '0-0'
+if below(last, missing) then last = missing end
+local ms, seq = parse(last)
+redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'seq', 0, 'last', last, 'start', ms .. '-' .. (seq + 1), 'lost', after)
+redis.call(ARGV[4], ARGV[3], 'lost ' .. ARGV[2] .. ' ' .. after)
+return 1
+`
+
+/**
  * The start of a replay, read in one atomic step: the history's identity, the entry at or before
  * `since`, and the first page after it. A read-only script, so it still runs at maxmemory, where
  * Redis refuses MULTI.

@@ -13,11 +13,18 @@ export interface SubscriptionConnection {
 /** Where this replica stands in the history: the last event it delivered. */
 interface Position { epoch: string | undefined, lastId: string, lastSeq: number }
 
+/** A history declared lost (LOSS_SCRIPT): its new epoch, and the last event it kept before the loss. */
+interface LossNotice { epoch: string, after: string }
+
+/** A live message `lost <epoch> <after>` (LOSS_SCRIPT) starts with this byte; an event's starts with its seq. */
+const LOSS_MESSAGE = 'l'.charCodeAt(0)
+
 /**
  * The replica's side of one channel: every live event once and in order to the listener. A gap in
  * `seq` or a reconnect is repaired from the history before live events go on; a new epoch (the
  * history was reset) is followed, logged and counted; what could not be repaired is reported as a
- * Gap before the events after it.
+ * Gap before the events after it. An event this replica delivered that the history no longer holds
+ * (a lossy failover) is reported through `onLoss`, which declares the history lost for everyone.
  */
 export class Subscription {
   #position: Position | undefined
@@ -26,12 +33,14 @@ export class Subscription {
    * most `maxHeld` (the history's size): the history holds whatever it held beyond that, so a
    * repair whose reads keep failing while the channel still delivers drops them and reads again.
    */
-  #held: Entry[] | undefined = []
+  #held: Array<Entry | LossNotice> | undefined = []
   #repairing = false
   #again = false
   /** The subscription was re-established since the last event: something may have been missed. */
   #resubscribed = false
   #closed = false
+  /** The last loss declared in the history's meta, as the latest repair read it. */
+  #declared: LossNotice | undefined
 
   constructor (
     private readonly redis: () => SubscriptionConnection,
@@ -40,7 +49,9 @@ export class Subscription {
     private readonly onGap: (gap: Gap) => void,
     private readonly counters: RedisCounters,
     private readonly log: BrokerLog,
-    private readonly maxHeld: number
+    private readonly maxHeld: number,
+    /** An event this replica delivered (`id`) is missing from the history: see LOSS_SCRIPT. */
+    private readonly onLoss: (id: string) => void
   ) {}
 
   /** True once the replica knows where it stands in the stream. */
@@ -53,6 +64,12 @@ export class Subscription {
 
   /** One message from the live channel: `<seq> <event JSON>`. */
   onMessage (message: Buffer): void {
+    if (message[0] === LOSS_MESSAGE) {
+      const [, epoch, after] = message.toString('latin1').split(' ')
+      if (this.#held === undefined) this.#follow({ epoch, after })
+      else this.#held.push({ epoch, after })
+      return
+    }
     const space = message.indexOf(32)
     const seq = Number(message.toString('latin1', 0, space))
     const data = message.subarray(space + 1)
@@ -62,7 +79,7 @@ export class Subscription {
     if (this.#held === undefined) {
       this.#accept(entry, true)
     } else if (this.#held.push(entry) > this.maxHeld) {
-      this.log.warn('held-overflow', { held: this.#held.length, from: this.#held[0].id, to: id },
+      this.log.warn('held-overflow', { channel: this.keys.name, held: this.#held.length, to: id },
         'history unreadable for longer than its size: live events dropped, to be read from the history')
       this.#held = []
       this.#again = true // a read that began before these were dropped may not reach them
@@ -93,7 +110,7 @@ export class Subscription {
             break
           } catch (err) {
             // Both connections reconnect on their own backoff: the subscriber may be back first.
-            this.log.warn('history-read', { err: (err as Error).message, attempt }, 'could not read the history stream yet; retrying')
+            this.log.warn('history-read', { channel: this.keys.name, err: (err as Error).message, attempt }, 'could not read the history stream yet; retrying')
             await delay(retryDelay(attempt, 1000))
           }
         }
@@ -101,11 +118,14 @@ export class Subscription {
     } finally {
       this.#repairing = false
       this.counters.repairedEvents += repaired
-      if (repaired > 0) this.log.info({ repaired, lastId: this.#position?.lastId }, 'recovered missed events from the stream')
+      if (repaired > 0) this.log.info({ channel: this.keys.name, repaired, lastId: this.#position?.lastId }, 'recovered missed events from the stream')
       // Held events follow what was read; a gap left among them is gone from the history too.
       const held = this.#held ?? []
       this.#held = undefined
-      for (const entry of held) this.#accept(entry, false)
+      for (const item of held) {
+        if ('event' in item) this.#accept(item, false)
+        else this.#follow(item)
+      }
     }
   }
 
@@ -119,15 +139,44 @@ export class Subscription {
       : { epoch, lastId: last, lastSeq: Number(seq) }
   }
 
-  /** Delivers every stream entry after the last delivered one; returns how many there were. */
+  /**
+   * Delivers every stream entry after the last delivered one; returns how many there were. A
+   * history whose newest event is behind the last delivered one lost it; a new epoch with no event
+   * yet was declared lost while this subscription was down.
+   */
   async #readMissed (): Promise<number> {
+    const [epoch, last, lostAfter] = await this.redis().hmget(this.keys.meta, 'epoch', 'last', 'lost')
+    this.#declared = epoch !== null && lostAfter !== null ? { epoch, after: lostAfter } : undefined
     let count = 0
     for (;;) {
       const after = this.#position?.lastId ?? '0-0'
       const page = (await this.redis().xrange(this.keys.events, `(${after}`, '+', 'COUNT', HISTORY_PAGE)).map((raw) => parseEntry(raw, this.keys.name))
       for (const entry of page) if (this.#accept(entry, false)) count++
-      if (page.length < HISTORY_PAGE) return count
+      if (page.length < HISTORY_PAGE) break
     }
+    const at = this.#position
+    if (at !== undefined && epoch !== null) {
+      if (epoch === at.epoch && last !== null && compareIds(last, at.lastId) < 0) this.onLoss(at.lastId)
+      else if (epoch !== at.epoch && count === 0 && this.#declared !== undefined) this.#follow(this.#declared)
+    }
+    return count
+  }
+
+  /** The history was declared lost (LOSS_SCRIPT): clients are told where, and the new epoch followed. */
+  #follow (notice: LossNotice): void {
+    const at = this.#position
+    if (at === undefined || at.epoch === notice.epoch) return // not placed yet (it reads the new meta), or known
+    this.counters.epochChanges++
+    this.log.warn('lost', { channel: this.keys.name, lastId: at.lastId, after: notice.after, epoch: notice.epoch },
+      'the history lost events Redis had taken (a failover to a replica that lacked them): clients are told, and its new epoch followed')
+    this.#reportGap({ after: this.#lostFrom(notice.after, at.lastId), lost: null, reason: 'history_reset' })
+    this.#position = { epoch: notice.epoch, lastId: at.lastId, lastSeq: 0 }
+  }
+
+  /** Where a loss begins for this replica's clients: where the history lost it, unless they are behind that. */
+  #lostFrom (after: string, lastId: string): string | undefined {
+    const from = compareIds(after, lastId) < 0 ? after : lastId
+    return from === '0-0' ? undefined : from
   }
 
   /**
@@ -142,17 +191,21 @@ export class Subscription {
     const missing = sameEpoch ? entry.seq - at.lastSeq - 1 : entry.seq - 1
     if (missing > 0 && live) {
       this.#held = [entry]
-      this.onSubscribed().catch((err: Error) => this.log.error({ err: err.message }, 'gap repair failed'))
+      this.onSubscribed().catch((err: Error) => this.log.error({ channel: this.keys.name, err: err.message }, 'gap repair failed'))
       return false
     }
     if (!sameEpoch && at.epoch !== undefined) {
       this.counters.epochChanges++
-      this.log.warn('epoch', { from: at.epoch, to: entry.epoch, lastId: at.lastId, firstId: entry.id, seq: entry.seq },
+      this.log.warn('epoch', { channel: this.keys.name, from: at.epoch, to: entry.epoch, lastId: at.lastId, firstId: entry.id, seq: entry.seq },
         'the history was reset (deleted, evicted, flushed, or Redis lost its data): following the new epoch')
       // Seen at seq 1 on a subscription unbroken since the last event, nothing can be missing:
       // the old epoch's events all came through the channel. Otherwise the old epoch may have
-      // had events after the last one delivered, and nothing can tell.
-      if (!live || entry.seq > 1 || this.#resubscribed) this.#reportGap({ after: at.lastId, lost: null, reason: 'history_reset' })
+      // had events after the last one delivered, and nothing can tell; a loss declared in the
+      // meta (LOSS_SCRIPT) says where it began.
+      if (!live || entry.seq > 1 || this.#resubscribed) {
+        const declared = this.#declared?.epoch === entry.epoch ? this.#declared.after : at.lastId
+        this.#reportGap({ after: this.#lostFrom(declared, at.lastId), lost: null, reason: 'history_reset' })
+      }
     } else if (missing > 0) {
       this.counters.repairLost += missing
       this.#reportGap({ after: at.lastId, lost: missing, reason: 'trimmed' })
@@ -160,7 +213,8 @@ export class Subscription {
       // The same epoch, a newer id, an old seq: the history lost its newest events (a failover to
       // a replica that had not received them) and a publisher that could not tell wrote on.
       this.counters.historyRewinds++
-      this.log.warn('rewind', { lastId: at.lastId, lastSeq: at.lastSeq, id: entry.id, seq: entry.seq }, 'the history lost its newest events: sequence went back')
+      this.log.warn('rewind', { channel: this.keys.name, lastId: at.lastId, lastSeq: at.lastSeq, id: entry.id, seq: entry.seq }, 'the history lost its newest events: sequence went back')
+      this.onLoss(at.lastId)
     }
     this.#position = { epoch: entry.epoch, lastId: entry.id, lastSeq: entry.seq }
     this.#resubscribed = false
@@ -170,7 +224,7 @@ export class Subscription {
 
   #reportGap (gap: Gap): void {
     this.counters.gapsReported++
-    this.log.warn('gap', { ...gap }, 'events were lost before this replica could deliver them: clients are told')
+    this.log.warn('gap', { channel: this.keys.name, ...gap }, 'events were lost before this replica could deliver them: clients are told')
     this.onGap(gap)
   }
 }
