@@ -34,7 +34,8 @@ export class Subscription {
    * repair whose reads keep failing while the channel still delivers drops them and reads again.
    */
   #held: Array<Entry | LossNotice> | undefined = []
-  #repairing = false
+  /** The repair (or first placement) running now: whoever asks for one meanwhile waits for it. */
+  #repairing: Promise<void> | undefined
   #again = false
   /** The subscription was re-established since the last event: something may have been missed. */
   #resubscribed = false
@@ -90,12 +91,22 @@ export class Subscription {
    * The subscription stands (again): find the place in the stream the first time, repair what
    * was missed every other time. Retries until it can read, or the broker closes.
    */
-  async onSubscribed (): Promise<void> {
-    if (this.#repairing) {
+  onSubscribed (): Promise<void> {
+    if (this.#repairing !== undefined) {
       this.#again = true // reconnected mid-repair: what it missed since is not in this read
-      return
+      // Settles with the running one: a channel is ready only once placed (a join resolved
+      // before would let a resume read the history before the place is found, and events
+      // between the two would reach no one).
+      return this.#repairing
     }
-    this.#repairing = true
+    let start = (): void => {}
+    const repairing = new Promise<void>((resolve, reject) => { start = () => { this.#repair().then(resolve, reject) } })
+    this.#repairing = repairing // set first: #repair clears it when done, which may be at once
+    start()
+    return repairing
+  }
+
+  async #repair (): Promise<void> {
     this.#held ??= []
     if (this.#position !== undefined) this.#resubscribed = true
     let repaired = 0
@@ -116,7 +127,7 @@ export class Subscription {
         }
       } while (this.#again && !this.#closed)
     } finally {
-      this.#repairing = false
+      this.#repairing = undefined
       this.counters.repairedEvents += repaired
       if (repaired > 0) this.log.info({ channel: this.keys.name, repaired, lastId: this.#position?.lastId }, 'recovered missed events from the stream')
       // Held events follow what was read; a gap left among them is gone from the history too.

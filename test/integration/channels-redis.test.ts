@@ -273,3 +273,37 @@ t.test('HTTP publish to a valid channel name of 100 to 128 characters', async (t
     t.equal(res.status, 202, `a ${length}-character name is accepted`)
   }
 })
+
+t.test('a channel whose first placement is slow: its subscribers are answered only once it is placed, and get every event after their place', async (t) => {
+  const redis = await startRedis(t)
+  // The replica's own Redis user may not HMGET, the command that finds a channel's place: its
+  // first placement retries, as it does while a Cluster fails over.
+  await redis.cli('ACL', 'SETUSER', 'slow', 'on', '>slow-secret', '~*', '&*', '+@all', '-hmget')
+  const slow = await build(t, { redisUrl: `redis://slow:slow-secret@127.0.0.1:${redis.port}` })
+  const publisher = await replica(t, { redisUrl: redis.url })
+  const channel = 'news:slow'
+  const history: string[] = []
+  for (let n = 0; n < 2; n++) history.push(await publisher.app.fanout.publish(channel, { type: 'chat', n }))
+
+  const client = await subscriber(t, slow, [], 1000)
+  client.socket.send(JSON.stringify({ type: 'subscribe', channel }))
+  await waitFor(() => slow.logs.lines.some((l) => l.msg === 'could not read the history stream yet; retrying' && l.channel === channel), 10_000, 'the placement to fail')
+  // The subscriber connection comes back meanwhile: a second repair of the same channel is asked for.
+  const pubsubIds = async (): Promise<string[]> => (await redis.cli('CLIENT', 'LIST', 'TYPE', 'pubsub')).split('\n')
+    .filter((l) => l.includes(' user=slow ')).flatMap((l) => /^id=(\d+)/.exec(l)?.[1] ?? [])
+  const before = await pubsubIds()
+  t.equal(before.length, 1, 'the replica has one subscriber connection')
+  await redis.cli('CLIENT', 'KILL', 'TYPE', 'pubsub', 'USER', 'slow')
+  await waitFor(async () => (await pubsubIds()).some((id) => !before.includes(id)), 10_000, 'the subscriber to reconnect')
+  await sleep(200) // and subscribe again
+  for (let n = 2; n < 5; n++) history.push(await publisher.app.fanout.publish(channel, { type: 'chat', n }))
+  await sleep(200) // what this replica hears of them meanwhile, it holds
+
+  await redis.cli('ACL', 'SETUSER', 'slow', '+hmget')
+  await client.until((c) => c.json('subscribed').length > 0, 10_000, 'subscribed')
+  for (let n = 5; n < 7; n++) history.push(await publisher.app.fanout.publish(channel, { type: 'chat', n }))
+  const { position } = client.json('subscribed')[0] as { position: string }
+  const after = history.filter((id) => compareIds(id, position) > 0)
+  await client.until((c) => c.json('chat').length >= after.length, 10_000, 'the events after its place').catch(() => {})
+  t.same(client.json('chat').map((e) => e.id), after, `every event after the place it was told (${position}), once and in order`)
+})

@@ -242,6 +242,7 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
 
   // The members: each in two or three rooms (a third of them in room:0 too), spread over the replicas.
   let stopped = false
+  const startedAt = Date.now()
   const acked = new Map<string, Acked>() // id → what was acknowledged with it
   const ackedIn = (room: string) => [...acked].filter(([, a]) => a.room === room)
   let attempts = 0
@@ -250,12 +251,12 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
   const refs = new Map<number, { room: string, text: string }>()
   const reconnects: string[] = []
 
-  interface Member { user: string, rooms: string[], chat: ChatRooms, at: number, socket: WebSocket | undefined, connections: number }
+  interface Member { user: string, rooms: string[], chat: ChatRooms, at: number, socket: WebSocket | undefined, connections: number, trail: string[] }
   const members: Member[] = Array.from({ length: MEMBERS }, (_, i) => {
     const mine = new Set([`room:${i % ROOMS}`, `room:${(i * 7 + 3) % ROOMS}`])
     if (i % 3 === 0) mine.add('room:0')
     const list = [...mine]
-    return { user: `member-${i}`, rooms: list, chat: new ChatRooms(list), at: i % 3, socket: undefined, connections: 0 }
+    return { user: `member-${i}`, rooms: list, chat: new ChatRooms(list), at: i % 3, socket: undefined, connections: 0, trail: [] }
   })
   t.ok(members.every((m) => m.rooms.length >= 2 && m.rooms.length <= 3), 'every member is in two or three rooms')
   t.equal(new Set(members.flatMap((m) => m.rooms)).size, ROOMS, `every one of the ${ROOMS} rooms has members`)
@@ -265,11 +266,16 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
     const socket = new WebSocket(`ws://127.0.0.1:${replicas[member.at].port}/stream?user=${member.user}`, ['fanout.v1'])
     member.socket = socket
     member.connections++
+    member.trail.push(`open ${replicas[member.at].port} at ${Date.now() - startedAt}`)
     socket.on('open', () => { for (const command of member.chat.subscribeCommands()) socket.send(JSON.stringify(command)) })
-    socket.on('message', (data: Buffer) => member.chat.receive(data.toString()))
+    socket.on('message', (data: Buffer) => {
+      member.trail.push(`${Date.now() - startedAt} ${data.toString().slice(0, 160)}`)
+      member.chat.receive(data.toString())
+    })
     socket.on('error', () => {}) // the close follows
     socket.on('close', (code) => {
       if (member.socket !== socket) return
+      member.trail.push(`close ${code} at ${Date.now() - startedAt}`)
       member.socket = undefined
       member.chat.joined.clear()
       if (stopped) return
@@ -373,17 +379,13 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
     const messages = log.flatMap((e) => e.kind === 'message' ? [e] : [])
     const held = new Set(messages.map((m) => m.id))
     const missing = ackedIn(room).map(([id]) => id).filter((id) => !held.has(id)).sort(compareIds)
-    // A notice covers the ids between the last message before it and the first after it.
+    // A notice covers the ids from where it says the loss began (a gap's `after`, a resume's
+    // `since`) to the first message after it.
     const covers: Array<{ from: string | null, to: string | null }> = []
-    let last: string | null = null
     log.forEach((entry, i) => {
-      if (entry.kind === 'message') {
-        last = entry.id
-        return
-      }
-      if (entry.kind === 'resume' && entry.lost !== true) return
+      if (entry.kind === 'message' || (entry.kind === 'resume' && entry.lost !== true)) return
       const next = log.slice(i + 1).find((e): e is Extract<Entry, { kind: 'message' }> => e.kind === 'message')
-      covers.push({ from: entry.kind === 'resume' ? entry.since : last, to: next?.id ?? null })
+      covers.push({ from: entry.kind === 'resume' ? entry.since : entry.after, to: next?.id ?? null })
     })
     const told = (id: string) => covers.some(({ from, to }) => (from === null || compareIds(id, from) > 0) && (to === null || compareIds(id, to) < 0))
     const silent = missing.filter((id) => !told(id))
@@ -415,7 +417,17 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
       else if (a.silent.length === 0) {
         told++
         toldAt.push(`${member.user} ${room}: ${a.missing.length} missing, ${a.notices} notices`)
-      } else silentAt.push(`${member.user} ${room}: ${a.silent.length} of ${ackedIn(room).length} silently missing (${a.silent.slice(0, 3).join(' ')}…), ${a.notices} notices`)
+      } else {
+        silentAt.push(`${member.user} ${room}: ${a.silent.length} of ${ackedIn(room).length} silently missing (${a.silent.slice(0, 3).join(' ')}…), ${a.notices} notices`)
+        // What the member's log holds around what it lacks, and when and how that was acknowledged.
+        const entries = (member.chat.log.get(room) ?? []).map((e) => e.kind === 'message' ? e.id : e.kind === 'gap' ? `gap(after ${e.after})` : `resume(since ${e.since}, lost ${String(e.lost)}, replayed ${String(e.replayed)})`)
+        t.comment(`${member.user} ${room} log: ${entries.join(' ')}`)
+        t.comment(`${member.user} (ms from the start; the kill at ${killedAt - startedAt}):\n${member.trail.filter((line) => !line.includes('"channel":"room:') || line.includes(`"${room}"`)).join('\n')}`)
+        for (const id of a.silent) {
+          const ack = acked.get(id)
+          t.comment(`${member.user} ${room} lacks ${id}: acknowledged ${ack === undefined ? '?' : `${ack.at - killedAt} ms after the kill, via ${ack.via}`}`)
+        }
+      }
     }
   }
   const memberships = members.reduce((sum, m) => sum + m.rooms.length, 0)
@@ -425,6 +437,10 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
   t.comment(`${reconnects.length} reconnects after the start: ${reconnects.join(', ')}`)
   t.comment(`${memberships} memberships: ${complete} complete, ${told} told of what they lack, ${silentAt.length} silently missing messages`)
   for (const line of toldAt) t.comment(`told: ${line}`)
+  if (process.env.CHAT_DIAGNOSTICS !== undefined) {
+    mkdirSync(process.env.CHAT_DIAGNOSTICS, { recursive: true })
+    for (const { proc, port } of replicas) writeFileSync(join(process.env.CHAT_DIAGNOSTICS, `replica-${port}.log`), proc.output())
+  }
   for (const { proc, port } of replicas) {
     const metrics = proc.logs().filter((l) => l.msg === 'metrics').at(-1) ?? {}
     const pick = ['published', 'repairs', 'repairedEvents', 'repairLost', 'gapsReported', 'historyRewinds', 'epochChanges', 'commandErrors', 'replayed']
