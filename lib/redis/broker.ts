@@ -9,7 +9,7 @@ import { delay, retryDelay } from './retry.js'
 import { HistoryReader, type HistoryConnection } from './history.js'
 import { Outbox, type DirectConnection, type PublishingConnection } from './outbox.js'
 import { createRedis, type RedisTarget } from './connection.js'
-import { Lease, LEASE_RELEASE_SCRIPT, LEASE_RENEW_SCRIPT, type LeaseConnection } from './lease.js'
+import { Lease, LEASE_RELEASE_SCRIPT, LEASE_RENEW_SCRIPT, LEASE_TAKE_SCRIPT, type LeaseConnection } from './lease.js'
 import { LOSS_SCRIPT, PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys } from './stream.js'
 import { slotPipelining } from './slot-pipelines.js'
 import { Subscription, type SubscriptionConnection } from './subscription.js'
@@ -353,6 +353,7 @@ export class RedisBroker implements Broker {
     // leader would lose its lease to a standby.
     const connection = createRedis(this.#options.target, 'lease', { enableOfflineQueue: false }) as (Redis | Cluster) & LeaseConnection
     connection.defineCommand('fanoutLeaseRenew', { numberOfKeys: 1, lua: LEASE_RENEW_SCRIPT })
+    connection.defineCommand('fanoutLeaseTake', { numberOfKeys: 1, lua: LEASE_TAKE_SCRIPT })
     connection.defineCommand('fanoutLeaseRelease', { numberOfKeys: 1, lua: LEASE_RELEASE_SCRIPT })
     connection.on('error', (err: Error) => this.#log.warn('lease-connection', { err: err.message }, 'redis lease connection error'))
     this.#leaseConnection = connection

@@ -5,6 +5,7 @@
 import { IDEMPOTENCY_MS } from '../broker.js'
 import { CHANNEL_IDLE_GRACE_MS } from '../channels.js'
 import { withId, type BrokerEvent } from '../event.js'
+import { LUA_HELD_BY } from './lease.js'
 
 export interface StreamKeys {
   /** The channel's name, as events carry it. */
@@ -73,11 +74,11 @@ const PUBLISHER_RECORD_MS = 86_400_000
  *       channel name, history age in ms (0: none), whether KEYS[5] is in use ('1' | '').
  */
 export const PUBLISH_SCRIPT = `#!lua
-if ARGV[8] ~= '' then
+${LUA_HELD_BY}if ARGV[8] ~= '' then
   local holder = redis.call('GET', KEYS[4])
   if not holder then
-    redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[9]) -- lost with the data (FLUSHALL, a restart): take it back
-  elseif holder ~= ARGV[8] then
+    redis.call('SET', KEYS[4], ARGV[8] .. ':0', 'PX', ARGV[9]) -- lost with the data (FLUSHALL, a restart): take it back
+  elseif not heldBy(holder, ARGV[8]) then
     return redis.error_reply('FENCED this publisher does not hold the lease')
   end
 end
