@@ -53,6 +53,8 @@ interface Joined {
   refs: number
   /** After the last one left: the timer that unsubscribes. */
   linger: NodeJS.Timeout | undefined
+  /** SUBSCRIBEs that failed in a row: the backoff of the next. */
+  subscribeFailures: number
   /** Settles once the subscription stands and knows its place. */
   readonly ready: Promise<void>
   markReady: () => void
@@ -222,7 +224,7 @@ export class RedisBroker implements Broker {
       const subscription = new Subscription(() => this.#cmd, keys, (event) => this.#listener(channel, event),
         (gap) => this.#onGap(channel, gap), this.#counters, this.#log, this.#options.rules(channel).historySize,
         (missing) => { this.#declareLoss(channel, missing).catch(() => {}) })
-      joined = { name: channel, live: keys.channel, subscription, refs: 0, linger: undefined, ready, markReady }
+      joined = { name: channel, live: keys.channel, subscription, refs: 0, linger: undefined, subscribeFailures: 0, ready, markReady }
       this.#joined.set(channel, joined)
       this.#byLive.set(joined.live, joined)
       this.#toUnsubscribe.delete(joined.live)
@@ -267,21 +269,35 @@ export class RedisBroker implements Broker {
     if (sub === undefined || this.#closing) return
     const failed = (err: Error): void => {
       this.#counters.commandErrors++
-      this.#log.warn('subscribe', { err: err.message }, 'a pub/sub command failed; retrying on reconnect')
+      this.#log.warn('unsubscribe', { err: err.message }, 'an UNSUBSCRIBE failed; the next reconnect holds none of the channels left')
     }
     if (this.#cluster) {
       // Each channel is its own slot, and each slot's subscriber its own connection. Sent even
       // while the Cluster is down: ioredis queues them, then keeps them through failovers.
       const cluster = sub as Cluster
       for (const live of unsubscribe) cluster.sunsubscribe(live).catch(failed)
-      for (const joined of subscribe) cluster.ssubscribe(joined.live).then(() => this.#repair(joined), failed)
+      for (const joined of subscribe) cluster.ssubscribe(joined.live).then(() => this.#repair(joined), (err: Error) => this.#subscribeFailed([joined], err))
       return
     }
     const redis = sub as Redis
     // Not connected: the next `ready` subscribes every joined channel, and holds none of the old ones.
     if (redis.status !== 'ready') return
     for (let i = 0; i < unsubscribe.length; i += SUBSCRIBE_BATCH) redis.unsubscribe(...unsubscribe.slice(i, i + SUBSCRIBE_BATCH)).catch(failed)
-    this.#subscribeAll(redis, undefined, subscribe).catch(failed)
+    this.#subscribeAll(redis, undefined, subscribe).catch((err: Error) => this.#subscribeFailed(subscribe, err))
+  }
+
+  /**
+   * A SUBSCRIBE Redis refused or that failed (an ACL, a failover settling): asked again after a
+   * backoff while the channel is still wanted. Its clients wait meanwhile (Core.subscribe bounds it).
+   */
+  #subscribeFailed (channels: Joined[], err: Error): void {
+    this.#counters.commandErrors++
+    this.#log.warn('subscribe', { err: err.message, channels: channels.length, first: channels[0]?.name }, 'subscribing failed; retrying')
+    for (const joined of channels) {
+      setTimeout(() => {
+        if (this.#joined.get(joined.name) === joined && !this.#closing) this.#request(() => this.#toSubscribe.add(joined))
+      }, retryDelay(joined.subscribeFailures++, 5000)).unref()
+    }
   }
 
   /** SUBSCRIBE in batches; once each batch stands, its channels find their place or repair. */
@@ -289,7 +305,12 @@ export class RedisBroker implements Broker {
     if (canaryChannel !== undefined) await redis.subscribe(canaryChannel)
     for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
       const batch = channels.slice(i, i + SUBSCRIBE_BATCH)
-      await redis.subscribe(...batch.map((joined) => joined.live))
+      try {
+        await redis.subscribe(...batch.map((joined) => joined.live))
+      } catch (err) {
+        this.#subscribeFailed(batch, err as Error)
+        continue
+      }
       if (canaryChannel === undefined) for (const joined of batch) this.#repair(joined)
     }
   }
@@ -297,6 +318,7 @@ export class RedisBroker implements Broker {
   /** A subscription (re)established: read what it missed; the first time, find its place. */
   #repair (joined: Joined): void {
     if (this.#joined.get(joined.name) !== joined) return // left meanwhile
+    joined.subscribeFailures = 0
     joined.subscription.onSubscribed().then(joined.markReady,
       (err: Error) => this.#log.error({ channel: joined.name, err: err.message }, 'channel repair failed'))
   }

@@ -307,3 +307,22 @@ t.test('a channel whose first placement is slow: its subscribers are answered on
   await client.until((c) => c.json('chat').length >= after.length, 10_000, 'the events after its place').catch(() => {})
   t.same(client.json('chat').map((e) => e.id), after, `every event after the place it was told (${position}), once and in order`)
 })
+
+t.test('a SUBSCRIBE Redis refuses is tried again: the client waiting for its channel gets it once Redis takes it', async (t) => {
+  const redis = await startRedis(t)
+  const channel = 'news:refused'
+  // The replica's user may subscribe to the guest channel's canary, not yet to this channel.
+  await redis.cli('ACL', 'SETUSER', 'narrow', 'on', '>narrow-secret', '~*', '+@all', 'resetchannels', '&fanout:{guest}:*')
+  const narrow = await replica(t, { redisUrl: `redis://narrow:narrow-secret@127.0.0.1:${redis.port}` })
+  const publisher = await replica(t, { redisUrl: redis.url })
+  const client = await subscriber(t, narrow, [], 1000)
+  client.socket.send(JSON.stringify({ type: 'subscribe', channel }))
+  await waitFor(() => narrow.logs.lines.some((l) => l.msg === 'subscribing failed; retrying' && l.first === channel), 10_000, 'the SUBSCRIBE to be refused')
+  t.equal(client.json('subscribed').length, 0, 'not subscribed while Redis refuses')
+
+  await redis.cli('ACL', 'SETUSER', 'narrow', `&fanout:{${channel}}:*`)
+  await client.until((c) => c.json('subscribed').length > 0, 15_000, 'subscribed once Redis takes it')
+  const id = await publisher.app.fanout.publish(channel, { type: 'chat', n: 1 })
+  await client.until((c) => c.json('chat').length > 0, 10_000, 'the event')
+  t.same(client.json('chat').map((e) => e.id), [id], 'then its events, live')
+})
