@@ -8,7 +8,7 @@ import { Canary } from './canary.js'
 import { delay, retryDelay } from './retry.js'
 import { HistoryReader, type HistoryConnection } from './history.js'
 import { Outbox, type DirectConnection, type PublishingConnection } from './outbox.js'
-import { createRedis, type RedisTarget } from './connection.js'
+import { createRedis, quit, type RedisTarget } from './connection.js'
 import { Lease, LEASE_RELEASE_SCRIPT, LEASE_RENEW_SCRIPT, LEASE_TAKE_SCRIPT, type LeaseConnection } from './lease.js'
 import { LOSS_SCRIPT, PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys } from './stream.js'
 import { slotPipelining } from './slot-pipelines.js'
@@ -188,11 +188,11 @@ export class RedisBroker implements Broker {
     }
     // Every channel still wanted, repaired from its stream: what was published while the
     // subscription was down is read back before live events go on.
-    const resubscribed = (): void => {
+    const resubscribed = (standing: Iterable<Joined> = this.#joined.values()): void => {
       this.#reached = true
       canary.resubscribed()
       canary.tick()
-      for (const joined of this.#joined.values()) this.#repair(joined)
+      for (const joined of standing) this.#repair(joined)
     }
     const failed = (err: Error) => this.#log.warn('subscribe', { err: err.message }, 'subscribing failed; retrying on reconnect')
     if (this.#cluster) {
@@ -200,8 +200,8 @@ export class RedisBroker implements Broker {
       cluster.on('smessageBuffer', onMessage)
       // After a failover ioredis re-subscribes on the new owners by itself and says so; the repair
       // then reads what was published meanwhile (its hint may come early: the seq check stays).
-      cluster.on('subscribersReady', resubscribed)
-      cluster.ssubscribe(canaryChannel).then(resubscribed, failed)
+      cluster.on('subscribersReady', () => resubscribed())
+      cluster.ssubscribe(canaryChannel).then(() => resubscribed(), failed)
     } else {
       const redis = sub as Redis
       redis.on('messageBuffer', onMessage)
@@ -209,7 +209,11 @@ export class RedisBroker implements Broker {
       // start only once its subscription stands, so nothing falls between the two.
       redis.on('ready', () => {
         this.#toUnsubscribe.clear() // a new connection holds none of them
-        this.#subscribeAll(redis, canaryChannel, [...this.#joined.values()]).then(resubscribed, failed)
+        // Only the channels whose SUBSCRIBE stood are placed and repaired: the others are asked
+        // for again (#subscribeFailed), and their clients wait for them (Core.subscribe bounds it).
+        redis.subscribe(canaryChannel)
+          .then(async () => await this.#subscribeAll(redis, [...this.#joined.values()]))
+          .then(resubscribed, failed)
       })
     }
     canary.start()
@@ -276,14 +280,20 @@ export class RedisBroker implements Broker {
       // while the Cluster is down: ioredis queues them, then keeps them through failovers.
       const cluster = sub as Cluster
       for (const live of unsubscribe) cluster.sunsubscribe(live).catch(failed)
-      for (const joined of subscribe) cluster.ssubscribe(joined.live).then(() => this.#repair(joined), (err: Error) => this.#subscribeFailed([joined], err))
+      for (const joined of subscribe) {
+        cluster.ssubscribe(joined.live).then(() => {
+          joined.subscribeFailures = 0
+          this.#repair(joined)
+        }, (err: Error) => this.#subscribeFailed([joined], err))
+      }
       return
     }
     const redis = sub as Redis
     // Not connected: the next `ready` subscribes every joined channel, and holds none of the old ones.
     if (redis.status !== 'ready') return
     for (let i = 0; i < unsubscribe.length; i += SUBSCRIBE_BATCH) redis.unsubscribe(...unsubscribe.slice(i, i + SUBSCRIBE_BATCH)).catch(failed)
-    this.#subscribeAll(redis, undefined, subscribe).catch((err: Error) => this.#subscribeFailed(subscribe, err))
+    this.#subscribeAll(redis, subscribe).then((standing) => { for (const joined of standing) this.#repair(joined) },
+      (err: Error) => this.#subscribeFailed(subscribe, err))
   }
 
   /**
@@ -301,24 +311,33 @@ export class RedisBroker implements Broker {
   }
 
   /** SUBSCRIBE in batches; once each batch stands, its channels find their place or repair. */
-  async #subscribeAll (redis: Redis, canaryChannel: string | undefined, channels: Joined[]): Promise<void> {
-    if (canaryChannel !== undefined) await redis.subscribe(canaryChannel)
-    for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
-      const batch = channels.slice(i, i + SUBSCRIBE_BATCH)
+  /**
+   * SUBSCRIBE in batches; a batch Redis refuses, one channel at a time, so one refused channel
+   * (an ACL) holds back no other. Returns the channels whose subscription stands.
+   */
+  async #subscribeAll (redis: Redis, channels: Joined[]): Promise<Joined[]> {
+    const standing: Joined[] = []
+    const one = async (batch: Joined[]): Promise<boolean> => {
       try {
         await redis.subscribe(...batch.map((joined) => joined.live))
       } catch (err) {
-        this.#subscribeFailed(batch, err as Error)
-        continue
+        if (batch.length === 1) this.#subscribeFailed(batch, err as Error)
+        return false
       }
-      if (canaryChannel === undefined) for (const joined of batch) this.#repair(joined)
+      for (const joined of batch) joined.subscribeFailures = 0
+      standing.push(...batch)
+      return true
     }
+    for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
+      const batch = channels.slice(i, i + SUBSCRIBE_BATCH)
+      if (!await one(batch) && batch.length > 1) for (const joined of batch) await one([joined])
+    }
+    return standing
   }
 
   /** A subscription (re)established: read what it missed; the first time, find its place. */
   #repair (joined: Joined): void {
     if (this.#joined.get(joined.name) !== joined) return // left meanwhile
-    joined.subscribeFailures = 0
     joined.subscription.onSubscribed().then(joined.markReady,
       (err: Error) => this.#log.error({ channel: joined.name, err: err.message }, 'channel repair failed'))
   }
@@ -359,6 +378,9 @@ export class RedisBroker implements Broker {
           this.#log.warn('loss-check', { channel, missing, err: (err as Error).message, attempt }, 'could not check the history for a lost event yet; retrying')
           await delay(retryDelay(attempt, 1000))
         }
+      }
+      if (!this.#closing) {
+        this.#log.error({ channel, missing, attempts: LOSS_ATTEMPTS }, 'gave up checking the history for a lost event: the next reconnect or repair checks again')
       }
     } finally {
       this.#declaring.delete(key)
@@ -416,15 +438,5 @@ export class RedisBroker implements Broker {
     if (this.#state === state || this.#state === 'closed') return
     this.#state = state
     this.#events.emit('state', state)
-  }
-}
-
-async function quit (client: Redis | Cluster | undefined): Promise<void> {
-  if (!client) return
-  try {
-    if (client.status === 'ready') await client.quit()
-    else client.disconnect()
-  } catch {
-    client.disconnect()
   }
 }

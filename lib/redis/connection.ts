@@ -210,3 +210,14 @@ function leaveReplacedPrimary (client: Redis, target: { sentinels: HostPort[], n
   })
   client.once('end', () => { for (const watcher of watchers) watcher.disconnect() })
 }
+
+/** Closes a connection: QUIT when it is up (what was sent is answered first), else at once. */
+export async function quit (client: Redis | Cluster | undefined): Promise<void> {
+  if (!client) return
+  try {
+    if (client.status === 'ready') await client.quit()
+    else client.disconnect()
+  } catch {
+    client.disconnect()
+  }
+}

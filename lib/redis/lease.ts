@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto'
 import type { BrokerLog } from './log.js'
 
 /**
- * The lease's value is `<token>:<renewals>`: every renewal changes it, and a standby takes the lease
+ * The lease's value is `<token>:<Redis time of the renewal>`: every renewal changes it (to a value
+ * never seen before, even after the key vanished and was set again), and a standby takes the lease
  * once it has seen the same value for a whole lease by its own clock. No Redis clock decides a
  * takeover: Redis replicates an expiry as an absolute time, so a replica promoted with its clock
  * behind would otherwise keep a dead holder's lease for as long as its clock is late. The key's
@@ -24,8 +25,8 @@ end
 export const LEASE_RENEW_SCRIPT = `#!lua flags=allow-oom
 ${LUA_HELD_BY}local holder = redis.call('GET', KEYS[1])
 if holder and not heldBy(holder, ARGV[1]) then return 0 end
-local renewals = holder and tonumber(string.sub(holder, #ARGV[1] + 2)) or 0
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. (renewals + 1), 'PX', ARGV[2])
+local time = redis.call('TIME')
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. time[1] .. '.' .. time[2], 'PX', ARGV[2])
 return 1
 `
 
@@ -103,7 +104,10 @@ export class Lease {
       // Unanswered, a holder keeps its belief and its schedule (its events wait in the outbox):
       // the fence, not this belief, is what stops a holder whose lease another has taken.
       const redis = this.redis()
-      if (redis.status !== 'ready') return this.leader
+      if (redis.status !== 'ready') {
+        this.#watched = undefined // what it saw before no longer measures an unrenewed lease
+        return this.leader
+      }
       const keyMs = this.leaseMs * LEASE_KEY_LEASES
       if (this.#token === undefined) {
         if (this.#due(await redis.get(this.key))) {
@@ -115,6 +119,7 @@ export class Lease {
         this.#set(undefined) // another holder has it: this one was paused or cut off past its lease
       }
     } catch (err) {
+      this.#watched = undefined
       this.log.warn('lease', { err: (err as Error).message }, 'could not renew or take the worker lease')
     } finally {
       this.#busy = false

@@ -126,7 +126,10 @@ if not ok then
   -- The stream outlived its meta and already holds a higher id: let Redis pick the next one.
   added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'epoch', epoch, 'body', ARGV[1])
 end
-if fresh then redis.call('HSET', KEYS[2], 'start', added) end
+if fresh then
+  redis.call('HSET', KEYS[2], 'start', added)
+  redis.call('HDEL', KEYS[2], 'lost') -- a declared loss speaks for the epoch it started only
+end
 redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', seq, 'last', added)
 redis.call('HSET', KEYS[3], 'counter', counter, 'c' .. counter, added)
 redis.call('HDEL', KEYS[3], 'c' .. (counter - ${DEDUPE_WINDOW}))
@@ -151,8 +154,9 @@ return added
  * entry, so no trim took it: a failover to a replica that had not received it. Whoever notices
  * first (a replica that delivered it, the publisher that was given its id) declares it, once:
  *
- * - The history starts a new epoch after everything it holds and everything lost (`start`), so a
- *   resume from any place before is answered `lost: true`, and later ids are above every lost one.
+ * - The history starts a new epoch above everything it holds, everything lost and every id handed
+ *   out before now (`start`), so a resume from any place before is answered `lost: true`, later ids
+ *   are above every lost one, and a second report of the same failover finds its id below the start.
  * - `lost <epoch> <after>` on the live channel tells every replica's subscribers, in order with the
  *   events: the events after `after` (the last one the history kept before the missing one) may be
  *   gone. `lost` in the meta keeps it for a replica whose subscription was down meanwhile.
@@ -183,7 +187,12 @@ local kept = redis.call('XREVRANGE', KEYS[1], '(' .. missing, '-', 'COUNT', 1)
 local after = kept[1] and kept[1][1] or '0-0'
 local last = meta[3] or '0-0'
 if below(last, missing) then last = missing end
-local ms, seq = parse(last)
+-- The new epoch starts above every id handed out before now, lost or kept, so a publisher that
+-- reports another of them later finds it below the start: one failover, one declaration.
+local time = redis.call('TIME')
+local now = string.format('%d-0', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
+local top = below(last, now) and now or last
+local ms, seq = parse(top)
 redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'seq', 0, 'last', last, 'start', ms .. '-' .. (seq + 1), 'lost', after)
 redis.call(ARGV[4], ARGV[3], 'lost ' .. ARGV[2] .. ' ' .. after)
 return 1

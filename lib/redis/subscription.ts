@@ -156,8 +156,9 @@ export class Subscription {
    * yet was declared lost while this subscription was down.
    */
   async #readMissed (): Promise<number> {
-    const [epoch, last, lostAfter] = await this.redis().hmget(this.keys.meta, 'epoch', 'last', 'lost')
-    this.#declared = epoch !== null && lostAfter !== null ? { epoch, after: lostAfter } : undefined
+    // Where a declared loss began, for a new epoch among the entries read (#accept tells it).
+    const [declaredEpoch, declaredAfter] = await this.redis().hmget(this.keys.meta, 'epoch', 'lost')
+    this.#declared = declaredEpoch !== null && declaredAfter !== null ? { epoch: declaredEpoch, after: declaredAfter } : undefined
     let count = 0
     for (;;) {
       const after = this.#position?.lastId ?? '0-0'
@@ -165,10 +166,13 @@ export class Subscription {
       for (const entry of page) if (this.#accept(entry, false)) count++
       if (page.length < HISTORY_PAGE) break
     }
+    // Read after the stream: its `last` is then at or above every event read, unless it lost some.
+    const [epoch, last, lostAfter] = await this.redis().hmget(this.keys.meta, 'epoch', 'last', 'lost')
+    if (epoch !== null && lostAfter !== null) this.#declared = { epoch, after: lostAfter }
     const at = this.#position
     if (at !== undefined && epoch !== null) {
       if (epoch === at.epoch && last !== null && compareIds(last, at.lastId) < 0) this.onLoss(at.lastId)
-      else if (epoch !== at.epoch && count === 0 && this.#declared !== undefined) this.#follow(this.#declared)
+      else if (epoch !== at.epoch && count === 0 && lostAfter !== null) this.#follow({ epoch, after: lostAfter })
     }
     return count
   }
