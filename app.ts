@@ -19,7 +19,8 @@ export type { BrokerEvent, EventBody } from './lib/event.js'
 export type { Identity } from './lib/auth.js'
 export type {
   AckMessage, ChannelErrorCode, ChannelErrorMessage, ClientCommand, ControlMessage, ErrorMessage, FanoutEvent, GapMessage, GuestEvent,
-  PublishedMessage, ResumeMessage, ServerMessage, StreamMessage, SubscribedMessage, UnsubscribedMessage, UploadErrorCode
+  PublishedMessage, RefreshedMessage, ResumeMessage, ServerMessage, StreamMessage, SubscribedMessage, TokenErrorMessage, UnsubscribedMessage,
+  UploadErrorCode
 } from './lib/protocol.js'
 export { Refusal, refuse } from './lib/auth.js'
 export { ConfigError } from './lib/config.js'

@@ -18,7 +18,11 @@ try {
 // and only that upload is refused (lib/uploads.ts, 'too_big').
 process.on('SIGXFSZ', () => {})
 
-const app = Fastify({ logger: { level: env.LOG_LEVEL } })
+// Behind nginx or a load balancer: request.ip (MAX_CONNECTIONS_PER_ADDRESS) and request.protocol
+// (the origin's scheme) come from X-Forwarded-* only for the proxies named here; never `true`.
+const hops = Number(env.TRUST_PROXY)
+const trustProxy = env.TRUST_PROXY === undefined ? false : Number.isInteger(hops) ? (_address: string, hop: number) => hop < hops : env.TRUST_PROXY.split(',')
+const app = Fastify({ logger: { level: env.LOG_LEVEL }, trustProxy })
 try {
   // The environment becomes the plugin's options and the demo's: the same path as any app's.
   const options = optionsFromEnv(env)

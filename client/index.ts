@@ -100,6 +100,13 @@ export interface ClientOptions {
   /** Offered after `fanout.v1`, e.g. `fanout.token.<token>`. */
   protocols?: string[]
   /**
+   * A signed token (JWT) for each connect (as the subprotocol `fanout.token.<jwt>`; an EventSource
+   * trades it for a one-time ticket at `ticketUrl`), asked again before its `exp` to `refresh` in-band.
+   */
+  token?: () => string | Promise<string>
+  /** Where an EventSource gets its ticket. [the url + `/ticket`] */
+  ticketUrl?: string
+  /**
    * The url is a single-channel stream such as `/guest`, carrying this channel alone: resumed
    * with `?since=`, no commands; text frames are logged by the server there.
    */
@@ -130,8 +137,20 @@ const PROTOCOL = 'fanout.v1'
 const FALLBACK_AFTER = 3
 /** Ahead of every id: a new channel on a reopened EventSource starts from the newest (clamped). */
 const NEWEST = '9999999999999999-0'
-const UPLOAD_CODES = ['disk_full', 'quota', 'too_big', 'unauthorized', 'disabled', 'write_failed']
+/** The longest delay a timer takes. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+const UPLOAD_CODES = ['disk_full', 'quota', 'too_big', 'empty', 'unauthorized', 'disabled', 'write_failed']
 const SUBSCRIBE_FINAL = ['forbidden', 'bad_channel', 'too_many']
+
+/** A JWT's `exp` (seconds), read (not verified: the server does that) to refresh before it. */
+function expOf (token: string): number | undefined {
+  try {
+    const exp = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).exp
+    return typeof exp === 'number' ? exp : undefined
+  } catch {
+    return undefined
+  }
+}
 
 /** Orders two ids `<ms>-<seq>` as decimal strings (lib/event.ts compareIds). */
 export function compareIds (a: string, b: string): number {
@@ -177,6 +196,7 @@ export function createClient (options: ClientOptions): FanoutClient {
   let ref = 0
   let timer: ReturnType<typeof setTimeout> | undefined
   let probeTimer: ReturnType<typeof setTimeout> | undefined
+  let refreshTimer: ReturnType<typeof setTimeout> | undefined
 
   const emit = (notice: ClientNotice): void => { for (const listener of [...listeners]) listener(notice) }
   const setState = (next: ConnectionState, extra: Partial<StateNotice> = {}): void => {
@@ -203,8 +223,43 @@ export function createClient (options: ClientOptions): FanoutClient {
 
   // ---- WebSocket ----
 
+  /** A fresh token from `options.token`, or undefined (after telling the app) when it failed. */
+  async function freshToken (): Promise<string | undefined> {
+    try {
+      return await options.token!()
+    } catch (err) {
+      emit({ type: 'error', error: new FanoutError('token', `token(): ${(err as Error).message}`) })
+    }
+  }
+
+  /** Refreshes in-band a little before the token's `exp` (seconds): a third of what is left, at most 30 s, before. */
+  function scheduleRefresh (exp: number | undefined): void {
+    clearTimeout(refreshTimer)
+    if (exp === undefined || options.token === undefined) return
+    const left = exp * 1000 - Date.now()
+    const wait = Math.max(0, left - Math.min(30_000, left / 3))
+    // Timers hold at most 2^31-1 ms (24.8 days): a token good for longer is looked at again then.
+    if (wait > MAX_TIMER_MS) {
+      refreshTimer = setTimeout(() => scheduleRefresh(exp), MAX_TIMER_MS)
+      return
+    }
+    refreshTimer = setTimeout(async () => {
+      const token = await freshToken()
+      if (token !== undefined && socket?.readyState === 1 && transport === 'websocket') socket.send(JSON.stringify({ type: 'refresh', token }))
+    }, wait)
+  }
+
   function openSocket (probe = false): void {
-    const ws = new WS!(resumeSingle(urlFor('ws')).href, protocols)
+    if (options.token === undefined) return dial(probe, protocols)
+    freshToken().then((token) => {
+      if (state === 'closed') return
+      if (token !== undefined) return dial(probe, [...protocols, `fanout.token.${token}`], token)
+      if (!probe) lost(1006, false)
+    })
+  }
+
+  function dial (probe: boolean, offered: string[], token?: string): void {
+    const ws = new WS!(resumeSingle(urlFor('ws')).href, offered)
     ws.binaryType = 'arraybuffer'
     let opened = false
     // A handshake a proxy holds forever counts as a failed open.
@@ -214,6 +269,7 @@ export function createClient (options: ClientOptions): FanoutClient {
       clearTimeout(guard)
       opened = true
       adopt(ws)
+      if (token !== undefined) scheduleRefresh(expOf(token))
     }
     ws.onclose = ({ code }: { code: number }) => {
       clearTimeout(guard)
@@ -265,6 +321,7 @@ export function createClient (options: ClientOptions): FanoutClient {
 
   function lost (code: number, opened: boolean): void {
     socket = undefined
+    clearTimeout(refreshTimer)
     fail(uploads, 'disconnected', 'the connection closed before the answer')
     fail(publishes, 'disconnected', 'the connection closed before the answer: the event may or may not be published')
     uploads = []
@@ -308,6 +365,22 @@ export function createClient (options: ClientOptions): FanoutClient {
 
   /** Receives over EventSource: events only, reopened whenever the channel set changes. */
   function listen (): void {
+    if (options.token === undefined) return listenWith()
+    transport = 'eventsource'
+    // An EventSource sends no headers: the token buys a one-time ticket for its url.
+    freshToken().then(async (token) => {
+      const res = await fetch(options.ticketUrl ?? `${urlFor('http').href.replace(/[?#].*$/, '')}/ticket`, { method: 'POST', headers: { authorization: `Bearer ${token}` } })
+      if (!res.ok) throw new Error(`ticket: ${res.status}`)
+      return ((await res.json()) as { ticket: string }).ticket
+    }).then((ticket) => { if (transport === 'eventsource' && state !== 'closed') listenWith(ticket) }, () => {
+      const delay = 1000 + random() * Math.min(30_000, 1000 * 2 ** attempt++)
+      setState('reconnecting', { retryInMs: delay })
+      clearTimeout(timer)
+      timer = setTimeout(() => { if (transport === 'eventsource' && state !== 'closed') listen() }, delay)
+    })
+  }
+
+  function listenWith (ticket?: string): void {
     transport = 'eventsource'
     fail(waiting, 'unsupported', 'this connection is an EventSource, which only receives')
     waiting = []
@@ -323,6 +396,7 @@ export function createClient (options: ClientOptions): FanoutClient {
       for (const ch of list) url.searchParams.append('channel', ch.name)
       url.searchParams.set('since', list.map((ch) => `${ch.position ?? NEWEST}.${ch.epoch ?? ''}`).join(','))
     }
+    if (ticket !== undefined) url.searchParams.set('ticket', ticket)
     const es = new ES!(url.href)
     source = es
     for (const ch of channels.values()) ch.sent = true
@@ -389,6 +463,9 @@ export function createClient (options: ClientOptions): FanoutClient {
         break
       case 'published':
         settle(publishes, (p) => p.ref === m.ref)?.resolve(m.id as string)
+        break
+      case 'refreshed':
+        scheduleRefresh(m.exp as number)
         break
       case 'error': {
         const error = new FanoutError(m.code as string, m.message as string, name)
@@ -497,6 +574,7 @@ export function createClient (options: ClientOptions): FanoutClient {
       if (state === 'closed') return
       clearTimeout(timer)
       clearTimeout(probeTimer)
+      clearTimeout(refreshTimer)
       setState('closed')
       socket?.close(1000)
       source?.close()

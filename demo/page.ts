@@ -1,7 +1,10 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { dirname, join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import type { IncomingMessage } from 'node:http'
+import helmet from '@fastify/helmet'
 import type { FastifyInstance } from 'fastify'
+import { hostAllowed } from '../lib/origins.js'
 import { coreOf } from '../plugins/fanout.js'
 import type { ResolvedDemoOptions } from './options.js'
 
@@ -47,6 +50,39 @@ export default async function pageRoutes (fastify: FastifyInstance, { demoPath }
     // fastify-fanout/client, as the page imports it: the built library, one copy of its logic.
     'fanout-client.js': ['text/javascript; charset=utf-8', Buffer.from(readFileSync(clientLibrary(), 'utf8').replace(/\n\/\/# sourceMappingURL=\S*\s*$/, '\n'))]
   }
+  // Security headers on the page and its files, this scope only (docs/security.md, "Security headers on the demo page").
+  await fastify.register(helmet, {
+    contentSecurityPolicy: {
+      useDefaults: false,
+      directives: {
+        defaultSrc: ["'self'"],
+        // Every script and style is a file beside the page: no inline code, no eval, no nonce needed.
+        scriptSrc: ["'self'"],
+        scriptSrcAttr: ["'none'"],
+        styleSrc: ["'self'"],
+        imgSrc: ["'self'", 'data:'],
+        fontSrc: ["'self'"],
+        // The page's streams: EventSource on its own origin, the WebSocket on the same host.
+        connectSrc: ["'self'", sameHostSockets],
+        objectSrc: ["'none'"],
+        baseUri: ["'none'"],
+        formAction: ["'self'"],
+        frameAncestors: ["'none'"]
+      }
+    },
+    frameguard: { action: 'deny' },
+    // Browsers heed it on https only; not for the subdomains, which this page knows nothing about.
+    strictTransportSecurity: { maxAge: 31_536_000, includeSubDomains: false }
+  })
+  const { allowedHosts } = options
+  if (allowedHosts !== undefined && allowedHosts.length > 0) {
+    fastify.addHook('onRequest', async (request, reply) => {
+      if (hostAllowed(request.headers.host, allowedHosts)) return
+      coreOf(fastify).stats.hostsRefused++
+      request.log.warn({ host: request.headers.host }, 'demo page refused: host not in allowedHosts')
+      return reply.code(403).send({ error: 'host not allowed', host: request.headers.host ?? null })
+    })
+  }
   // Routes are relative to the scope's prefix; the files are small and read once.
   const local = demoPath.endsWith('/') ? demoPath : `${demoPath}/`
   fastify.get(demoPath, async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
@@ -62,6 +98,16 @@ function clientLibrary (): string {
   const dist = join(packageRoot(), 'dist', 'client', 'index.js')
   if (!existsSync(dist)) throw new Error('fastify-fanout: the demo page needs the built client, dist/client/index.js: run the build first')
   return dist
+}
+
+/**
+ * `ws://host wss://host` for the Host the page was asked for: the WebSocket's origins, named
+ * explicitly (CSP Level 3 lets `'self'` match them, older browsers do not). A Host that is not a
+ * plain host[:port] adds nothing, so no header value can smuggle in a directive.
+ */
+function sameHostSockets (request: IncomingMessage): string {
+  const host = request.headers.host ?? ''
+  return /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(host) ? `ws://${host} wss://${host}` : "'self'"
 }
 
 function escapeHtml (text: string): string {

@@ -5,20 +5,23 @@ import { TOKEN_PROTOCOL_PREFIX } from './protocol.js'
 /**
  * Who a connection belongs to, as `authorize` said: attached to the connection for its lifetime.
  * `id` names it in log lines and upload file names; `upload: false` refuses its uploads
- * (`unauthorized`); any other field is yours, e.g. for per-user limits in your own code.
+ * (`unauthorized`); `claims` are a verified signed token's (the built-in token `authorize`: `id`
+ * is its `sub`, and its `channels` claim grants channels, docs/security.md); any other field is
+ * yours, e.g. for per-user limits in your own code.
  */
 export interface Identity {
   id?: string
   upload?: boolean
+  claims?: Record<string, unknown>
   [field: string]: unknown
 }
 
 /** The identity of every connection when there is no `authorize`: one shared object, not one each. */
 export const ANONYMOUS: Identity = Object.freeze({})
 
-/** A refused connection: an HTTP status and a reason, answered before the upgrade. */
+/** A refused connection: an HTTP status and a reason, answered before the upgrade (503: try again, e.g. Redis unreachable). */
 export class Refusal {
-  constructor (readonly status: 401 | 403, readonly reason: string) {}
+  constructor (readonly status: 401 | 403 | 503, readonly reason: string) {}
 }
 
 /** What `authorize` returns to refuse a connection: `return refuse(403, 'not a member')`. */

@@ -68,13 +68,42 @@ export class ChannelRules {
     return this.#namespaces.get(namespaceOf(channel)) ?? this.#defaults
   }
 
-  /** Whether `identity` may take `action` on `channel`: its namespace's hook, or (without one) subscribe yes, publish as `clientPublish` says. */
+  /**
+   * Whether `identity` may take `action` on `channel`, asked in this order, each able to refuse:
+   * the namespace's `clientPublish` (publish only); the token's `channels` claim, when the identity
+   * has one; its namespace's hook (or the plugin's). Without a hook: subscribe yes, publish as
+   * `clientPublish` says.
+   */
   async allows (identity: Identity, channel: string, action: ChannelAction): Promise<boolean> {
     const settings = this.of(channel)
     if (action === 'publish' && !settings.clientPublish) return false
+    if (claimsAllow(identity, channel, action) === false) return false
     if (settings.authorizeChannel === undefined) return true
     return await settings.authorizeChannel(identity, channel, action) === true
   }
+}
+
+/** Whether a grant list names `channel`: an exact name, or a prefix followed by `*` (`room:*`, `*`). */
+export function grantMatches (patterns: readonly string[] | undefined, channel: string): boolean {
+  if (patterns === undefined) return false
+  return patterns.some((p) => p.endsWith('*') ? channel.startsWith(p.slice(0, -1)) : p === channel)
+}
+
+/**
+ * What a signed token's `channels` claim (`{ subscribe: ['room:*'], publish: ['room:1'] }`) says
+ * of `action` on `channel`: undefined when the identity has no such claim (the hooks decide alone),
+ * else whether the claim's list for `action` names it (a missing list names nothing).
+ */
+/** A subscribe the connection's grants no longer allow by the time its channel was joined (a refresh). */
+export class ChannelRefused extends Error {
+  override name = 'ChannelRefused'
+  constructor (readonly channel: string) { super(`may not subscribe to ${channel}`) }
+}
+
+export function claimsAllow (identity: Identity, channel: string, action: ChannelAction): boolean | undefined {
+  const grants = identity.claims?.channels as Partial<Record<ChannelAction, string[]>> | undefined
+  if (grants === undefined) return undefined
+  return grantMatches(grants[action], channel)
 }
 
 function definedOnly<T extends object> (options: T): Partial<T> {

@@ -68,16 +68,27 @@ export const SETTINGS = {
   uploadMinFreeBytes: { env: 'UPLOAD_MIN_FREE_BYTES', schema: Integer(64 * 1024 * 1024) },
   uploadQuotaBytes: { env: 'UPLOAD_QUOTA_BYTES', schema: OptionalInteger(1) },
   uploadToken: { env: 'UPLOAD_TOKEN', schema: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._~-]{8,}$', description: 'at least 8 characters, each a letter, a digit or one of . _ ~ -' })), secret: true },
+  // Signed tokens (lib/tokens.ts): one key source; the algorithms from here, never from a token.
+  jwtSecret: { env: 'JWT_SECRET', schema: Type.Optional(Type.String({ minLength: 32, description: 'an HMAC secret of at least 32 bytes' })), secret: true },
+  jwtPublicKey: { env: 'JWT_PUBLIC_KEY', schema: Type.Optional(Type.String({ pattern: '-----BEGIN PUBLIC KEY-----', description: 'a PEM public key (-----BEGIN PUBLIC KEY-----)' })) },
+  jwksUrl: { env: 'JWKS_URL', schema: Type.Optional(Type.String({ pattern: '^https?://[^\\s]+$', description: 'an http(s) URL of a JWK set' })) },
+  jwtAlgorithms: { env: 'JWT_ALGORITHMS', schema: Type.Optional(Type.Array(OneOf(['HS256', 'HS384', 'HS512', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']), { minItems: 1 })), list: true },
+  jwtAudience: { env: 'JWT_AUDIENCE', schema: Type.Optional(Type.String({ minLength: 1 })) },
+  jwtIssuer: { env: 'JWT_ISSUER', schema: Type.Optional(Type.String({ minLength: 1 })) },
   allowedOrigins: { env: 'ALLOWED_ORIGINS', schema: Type.Optional(Type.Array(Type.String())), list: true },
+  allowedHosts: { env: 'ALLOWED_HOSTS', schema: Type.Optional(Type.Array(Type.String({ pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?$' }), { description: 'a list of host names, each a name or name:port' })), list: true },
   heartbeatMs: { env: 'HEARTBEAT_MS', schema: Integer(30_000) },
   drainMs: { env: 'DRAIN_MS', schema: Integer(5000) },
   maxConnections: { env: 'MAX_CONNECTIONS', schema: Integer(10_000, 1) },
+  maxConnectionsPerIdentity: { env: 'MAX_CONNECTIONS_PER_IDENTITY', schema: OptionalInteger(1) },
+  maxConnectionsPerAddress: { env: 'MAX_CONNECTIONS_PER_ADDRESS', schema: OptionalInteger(1) },
   maxBufferedBytes: { env: 'MAX_BUFFERED_BYTES', schema: Integer(1024 * 1024, 1024) },
   maxConcurrentReplays: { env: 'MAX_CONCURRENT_REPLAYS', schema: Integer(32, 1) },
   rateMessagesPerSec: { env: 'RATE_MESSAGES_PER_SEC', schema: Integer(50, 1) },
   rateBytesPerSec: { env: 'RATE_BYTES_PER_SEC', schema: Integer(16 * 1024 * 1024, 1) },
   textLogPerSec: { env: 'TEXT_LOG_PER_SEC', schema: Integer(20) },
-  metricsIntervalMs: { env: 'METRICS_INTERVAL_MS', schema: Integer(10_000) }
+  metricsIntervalMs: { env: 'METRICS_INTERVAL_MS', schema: Integer(10_000) },
+  metricsToken: { env: 'METRICS_TOKEN', schema: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._~-]{16,}$', description: 'at least 16 characters, each a letter, a digit or one of . _ ~ -' })), secret: true }
 } as const satisfies Record<string, Setting>
 
 type Settings = typeof SETTINGS
@@ -108,6 +119,8 @@ export const EnvSchema = Type.Object({
   HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
   PUBLISHER: Type.Optional(OneOf(['on', 'off'])),
   LOG_LEVEL: OneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
+  // Fastify's trustProxy for the standalone server: the proxies in front, as a hop count or a list.
+  TRUST_PROXY: Type.Optional(Type.String({ pattern: '^([0-9]{1,2}|[0-9A-Fa-f:.]+(/[0-9]{1,3})?(,[0-9A-Fa-f:.]+(/[0-9]{1,3})?)*)$', description: 'a hop count, or addresses and CIDR ranges separated by commas' })),
   // The `namespaces` option as JSON (its hooks aside): lib/options.ts reads it.
   NAMESPACES: Type.Optional(Type.String({ minLength: 2 })),
   ...Object.fromEntries(entries.flatMap(([, s]) => s.env ? [[s.env, s.schema]] : [])) as EnvProperties

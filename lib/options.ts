@@ -7,6 +7,7 @@ import {
   type Assert, type Env, type PluginSettingName, type PluginSettings, type Same, type SettingValue
 } from './config.js'
 import type { RedisTarget } from './redis/connection.js'
+import { TokenVerifier, tokensConfigured } from './tokens.js'
 
 /**
  * Runs before the upgrade (WebSocket) or the stream (EventSource). Returns the connection's
@@ -75,16 +76,37 @@ export interface FanoutOptions {
   uploadQuotaBytes?: number
   /** Uploads need this secret: a built-in `authorize` (docs/protocol.md, "Authentication"). */
   uploadToken?: string
+  /** HMAC secret (≥ 32 bytes) of signed connection tokens (JWT): a built-in `authorize` (docs/security.md, "Signed tokens"). */
+  jwtSecret?: string
+  /** PEM public key (SPKI) that verifies signed tokens. */
+  jwtPublicKey?: string
+  /** URL of a JWK set that verifies signed tokens, fetched again for an unknown `kid` (key rotation). */
+  jwksUrl?: string
+  /** The algorithms tokens may use. [HS256 for a secret; by key type for a public key; RS256, ES256, EdDSA for a JWKS] */
+  jwtAlgorithms?: NonNullable<SettingValue<'jwtAlgorithms'>>
+  /** When set, a token's `aud` must hold it. */
+  jwtAudience?: string
+  /** When set, a token's `iss` must be it. */
+  jwtIssuer?: string
   /** Decides who may connect, before the upgrade (docs/protocol.md, "Authentication"). */
   authorize?: Authorize
   /** Exact origins admitted besides same-origin ones; `null` admits file:// pages, `*` all. */
   allowedOrigins?: string[]
+  /**
+   * Host names (`name` or `name:port`) the stream, the demo page and `/metrics` answer to; any other
+   * Host is refused with 403 (DNS rebinding, docs/security.md). Unset: any Host.
+   */
+  allowedHosts?: string[]
   /** [30000] */
   heartbeatMs?: number
   /** On close, clients are closed (1012) spread over this window (ms). [5000] */
   drainMs?: number
   /** [10000] */
   maxConnections?: number
+  /** Open connections one identity (`authorize`'s `id`) may hold; more get 429. Unset: no limit. */
+  maxConnectionsPerIdentity?: number
+  /** Open connections one client address (`request.ip`, see `trustProxy`) may hold; more get 429. Unset: no limit. */
+  maxConnectionsPerAddress?: number
   /** A client with more bytes waiting is cut off as a slow consumer. [1 MiB] */
   maxBufferedBytes?: number
   /** Resumes replayed at once per replica; more wait their turn. [32] */
@@ -97,6 +119,8 @@ export interface FanoutOptions {
   textLogPerSec?: number
   /** How often the metrics log line is written (ms); 0: never. [10000] */
   metricsIntervalMs?: number
+  /** `metricsPath` then needs `Authorization: Bearer <token>` (401 otherwise). Unset: open. */
+  metricsToken?: string
   /** Fastify's own: every route of the plugin goes under it. */
   prefix?: string
 }
@@ -121,6 +145,8 @@ export type ResolvedOptions = Readonly<Omit<PluginSettings, 'allowedOrigins'>> &
   readonly channels: ChannelRules
   /** The Redis deployment the redis* options describe; undefined: the in-memory broker. */
   readonly redis: RedisTarget | undefined
+  /** Verifies signed tokens when a jwt setting is given; undefined otherwise. */
+  readonly tokens: TokenVerifier | undefined
 }
 
 // The demo's options as a user spells them (`publisher`, not `publisher.minDelayMs`), for a hint.
@@ -139,6 +165,18 @@ export function resolveOptions (options: FanoutOptions = {}): ResolvedOptions {
   if (options.authorize && values.uploadToken) {
     throw new ConfigError(`invalid ${WHAT}: uploadToken is a built-in authorize; pass authorize or uploadToken, not both`)
   }
+  let tokens: TokenVerifier | undefined
+  if (tokensConfigured(values)) {
+    if (options.authorize) throw new ConfigError(`invalid ${WHAT}: jwtSecret, jwtPublicKey and jwksUrl make a built-in authorize; pass authorize or them, not both`)
+    if (values.uploadToken) throw new ConfigError(`invalid ${WHAT}: uploadToken and signed tokens are two built-in authorizes; with tokens, the claim upload: false refuses uploads`)
+    try {
+      tokens = new TokenVerifier(values)
+    } catch (err) {
+      throw new ConfigError(`invalid ${WHAT}: ${(err as Error).message}`)
+    }
+  } else if (values.jwtAlgorithms ?? values.jwtAudience ?? values.jwtIssuer) {
+    throw new ConfigError(`invalid ${WHAT}: jwtAlgorithms, jwtAudience and jwtIssuer need a key: jwtSecret, jwtPublicKey or jwksUrl`)
+  }
   if (options.authorizeChannel !== undefined && typeof options.authorizeChannel !== 'function') {
     throw new ConfigError(`invalid ${WHAT}: authorizeChannel must be a function`)
   }
@@ -156,7 +194,8 @@ export function resolveOptions (options: FanoutOptions = {}): ResolvedOptions {
       clientPublish: false,
       authorizeChannel: options.authorizeChannel
     }, namespaces),
-    redis: checkRedisTarget(WHAT, values, optionName)
+    redis: checkRedisTarget(WHAT, values, optionName),
+    tokens
   })
 }
 

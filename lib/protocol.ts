@@ -8,13 +8,18 @@ export const PROTOCOL = 'fanout.v1'
 export const TOKEN_PROTOCOL_PREFIX = 'fanout.token.'
 
 /**
- * The close codes this project sends itself (RFC 6455 §7.4.1, IANA registry). ws sends 1002,
- * 1007 and 1009 on its own for malformed, non-UTF-8 and oversize frames.
+ * The close codes this project sends itself (RFC 6455 §7.4.1, IANA registry; 4000–4999 are the
+ * application's own). ws sends 1002, 1007 and 1009 on its own for malformed, non-UTF-8 and
+ * oversize frames.
  */
 export const CloseCode = {
   POLICY: 1008,
   RESTART: 1012,
-  TRY_AGAIN_LATER: 1013
+  TRY_AGAIN_LATER: 1013,
+  /** The connection's token reached its `exp` without a `refresh`: reconnect with a new token. */
+  TOKEN_EXPIRED: 4001,
+  /** The connection's token was revoked (by its `jti`, or its user's cut-off). */
+  TOKEN_REVOKED: 4003
 } as const
 
 /** A peer that does not answer a close the server started is dropped after this (RFC 6455 §7.1.7). */
@@ -31,7 +36,7 @@ export type FanoutEvent<T extends { type: string } = { type: string, [field: str
 /** The tutorial's event, as the guest publisher makes it. */
 export type GuestEvent = FanoutEvent<{ type: 'guest', guest: string, time: string, ts: number }>
 
-export type UploadErrorCode = 'disk_full' | 'quota' | 'too_big' | 'unauthorized' | 'disabled' | 'write_failed'
+export type UploadErrorCode = 'disk_full' | 'quota' | 'too_big' | 'empty' | 'unauthorized' | 'disabled' | 'write_failed'
 
 /** An upload was saved; `id` is the server-chosen file name. */
 export interface AckMessage {
@@ -82,7 +87,7 @@ export interface GapMessage {
 /** Why a channel command was refused; the socket stays open. */
 export type ChannelErrorCode =
   | 'bad_channel' // not a channel name (docs/channels.md)
-  | 'forbidden' // authorizeChannel said no, or clients may not publish there
+  | 'forbidden' // authorizeChannel said no, the token's channels claim does not grant it, or clients may not publish there
   | 'too_many' // the connection is at maxChannelsPerConnection
   | 'already_subscribed'
   | 'not_subscribed'
@@ -132,21 +137,35 @@ export interface PublishedMessage {
   ref?: string | number
 }
 
+/** A `refresh` was taken: the connection now lasts until the new token's `exp` (seconds since the epoch). */
+export interface RefreshedMessage {
+  type: 'refreshed'
+  exp: number
+}
+
+/** A `refresh` was refused (bad, expired, revoked, or another `sub`); the old token's deadline stands. */
+export interface TokenErrorMessage {
+  type: 'error'
+  code: 'token_refused'
+  message: string
+}
+
 /** Every message the server sends a `fanout.v1` client besides events (an EventSource gets them as named events). */
-export type ControlMessage = AckMessage | ErrorMessage | ResumeMessage | GapMessage | ChannelErrorMessage | SubscribedMessage | UnsubscribedMessage | PublishedMessage
+export type ControlMessage = AckMessage | ErrorMessage | ResumeMessage | GapMessage | ChannelErrorMessage | SubscribedMessage | UnsubscribedMessage | PublishedMessage | RefreshedMessage | TokenErrorMessage
 
 /** What a `fanout.v1` client sends on `/stream` (as text frames of JSON). */
 export type ClientCommand =
   | { type: 'subscribe', channel: string, since?: string, epoch?: string }
   | { type: 'unsubscribe', channel: string }
   | { type: 'publish', channel: string, event: { type: string, [field: string]: unknown }, ref?: string | number }
+  | { type: 'refresh', token: string }
 
 /**
  * Everything a `fanout.v1` client of `/guest` can receive: events (`E`: your events; the guest
  * event by default) and control messages. Tell them apart by `type`, in an exhaustive `switch`.
  */
-export type ServerMessage<E extends FanoutEvent = GuestEvent> = E | AckMessage | ErrorMessage | ResumeMessage | GapMessage
+export type ServerMessage<E extends FanoutEvent = GuestEvent> = E | AckMessage | ErrorMessage | ResumeMessage | GapMessage | RefreshedMessage | TokenErrorMessage
 
 /** Everything a `fanout.v1` client of `/stream` can receive: the events of its channels and the answers to its commands. */
 export type StreamMessage<E extends FanoutEvent = FanoutEvent> =
-  E | AckMessage | ErrorMessage | ChannelErrorMessage | GapMessage | SubscribedMessage | UnsubscribedMessage | PublishedMessage
+  E | AckMessage | ErrorMessage | ChannelErrorMessage | GapMessage | SubscribedMessage | UnsubscribedMessage | PublishedMessage | RefreshedMessage | TokenErrorMessage

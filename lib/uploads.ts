@@ -58,7 +58,12 @@ export class UploadStore {
   /** Saves one upload; `owner` (an identity's id) goes into its name. */
   async save (data: Buffer, owner?: string): Promise<SavedUpload> {
     const { dir, minFreeBytes, quotaBytes } = this.options
-    const free = await freeBytes(dir)
+    // Nothing to keep, and each would still cost an inode: a few thousand fill a small filesystem.
+    if (data.length === 0) throw new UploadError('empty', 'an upload must have at least one byte')
+    const { free, inodesFree } = await space(dir)
+    // One inode for the temp file (renamed into place, not copied). Filesystems without a fixed
+    // inode count (btrfs, some network ones) report none at all, and are not checked here.
+    if (inodesFree === 0) throw new UploadError('disk_full', NO_INODES)
     // Check and reserve with no await in between: concurrent uploads each see the others' bytes.
     if (quotaBytes !== undefined && this.#used + this.#reserved + data.length > quotaBytes) {
       throw new UploadError('quota', `the upload directory's quota of ${quotaBytes} bytes has no room for ${data.length} more`)
@@ -99,7 +104,7 @@ export class UploadStore {
       await file?.close().catch(() => {})
       // Whatever failed, nothing stays: the client is told the upload was not saved.
       await unlink(renamed ? final : temp).catch(() => {})
-      throw toUploadError(err as NodeJS.ErrnoException)
+      throw await toUploadError(err as NodeJS.ErrnoException, dir, data.length)
     }
     return {
       name,
@@ -110,8 +115,17 @@ export class UploadStore {
   }
 }
 
-function toUploadError (err: NodeJS.ErrnoException): UploadError {
-  if (err.code === 'ENOSPC' || err.code === 'EDQUOT') return new UploadError('disk_full', 'the upload directory is full')
+const NO_INODES = 'the upload filesystem has no free inodes (too many files), though it may have free bytes'
+
+async function toUploadError (err: NodeJS.ErrnoException, dir: string, bytes: number): Promise<UploadError> {
+  if (err.code === 'ENOSPC') {
+    // ENOSPC is both "no blocks" and "no inodes": statfs tells which. At most one inode left (the
+    // temp file's own, given back by its removal) while the bytes were there: out of inodes.
+    const left = await space(dir).catch(() => undefined)
+    if (left?.inodesFree !== undefined && left.inodesFree <= 1 && left.free >= bytes) return new UploadError('disk_full', NO_INODES)
+    return new UploadError('disk_full', 'the upload directory\'s filesystem is full (no space left)')
+  }
+  if (err.code === 'EDQUOT') return new UploadError('disk_full', 'the disk quota of the user the server runs as is used up (EDQUOT)')
   if (err.code === 'EFBIG') return new UploadError('too_big', 'the file is larger than the filesystem allows')
   return new UploadError('write_failed', `the upload could not be saved (${err.code ?? 'error'})`)
 }
@@ -145,9 +159,10 @@ async function sizeOfFiles (dir: string): Promise<number> {
   return total
 }
 
-async function freeBytes (dir: string): Promise<number> {
+/** Free bytes for an unprivileged writer, and free inodes (undefined where the filesystem has no fixed count). */
+async function space (dir: string): Promise<{ free: number, inodesFree: number | undefined }> {
   const fs = await statfs(dir)
-  return fs.bavail * fs.bsize
+  return { free: fs.bavail * fs.bsize, inodesFree: fs.files > 0 ? fs.ffree : undefined }
 }
 
 /** The rename is durable only once the directory entry is on disk too. */

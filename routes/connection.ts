@@ -3,7 +3,7 @@ import type { RawData, WebSocket } from 'ws'
 import { ANONYMOUS, Refusal, type Identity } from '../lib/auth.js'
 import type { Client } from '../lib/hub.js'
 import { InboundLimiter } from '../lib/limits.js'
-import { originAllowed } from '../lib/origins.js'
+import { hostAllowed, originAllowed } from '../lib/origins.js'
 import { CloseCode } from '../lib/protocol.js'
 import { UploadError } from '../lib/uploads.js'
 import { coreOf } from '../plugins/fanout.js'
@@ -19,15 +19,24 @@ declare module 'fastify' {
 
 /**
  * onRequest for the stream routes (WebSocket and EventSource): runs before the upgrade, so a
- * refused client gets a plain HTTP answer (403 foreign origin, 503 at capacity, 401/403 from
- * `authorize`) and never a socket.
+ * refused client gets a plain HTTP answer (403 foreign host or origin, 503 at capacity, 429 over
+ * the per-address or per-identity limit, 401/403 from `authorize`) and never a socket.
  */
 export async function admitConnection (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply): Promise<void> {
-  const { hub, broker, options, stats, authorize } = coreOf(this)
-  if (!originAllowed(request.headers.origin, request.headers.host, options.allowedOrigins)) {
+  const core = coreOf(this)
+  const { hub, broker, options, stats, authorize } = core
+  const { host, origin } = request.headers
+  if (!hostAllowed(host, options.allowedHosts ?? [])) {
     stats.handshakesRefused++
-    request.log.warn({ origin: request.headers.origin }, `${kind(request)} refused: origin not allowed`)
-    return reply.code(403).send({ error: 'origin not allowed', origin: request.headers.origin })
+    stats.hostsRefused++
+    request.log.warn({ host }, `${kind(request)} refused: host not in allowedHosts`)
+    return reply.code(403).send({ error: 'host not allowed', host: host ?? null })
+  }
+  // With its scheme: request.protocol is the socket's, or X-Forwarded-Proto when trustProxy is on.
+  if (!originAllowed(origin, host, options.allowedOrigins, request.protocol)) {
+    stats.handshakesRefused++
+    request.log.warn({ origin, protocol: request.protocol }, `${kind(request)} refused: origin not allowed`)
+    return reply.code(403).send({ error: 'origin not allowed', origin })
   }
   if (!broker.synced) {
     // Never reached Redis yet: it has no place in the stream to deliver from (docs/delivery.md).
@@ -40,19 +49,101 @@ export async function admitConnection (this: FastifyInstance, request: FastifyRe
     request.log.warn({ connections: hub.size }, `${kind(request)} refused: at MAX_CONNECTIONS`)
     return reply.code(503).header('retry-after', '5').send({ error: 'server at connection capacity, try again later' })
   }
-  if (authorize === undefined) {
-    request.fanoutIdentity = ANONYMOUS
-    return
+  const slots = slotsOf(core)
+  // request.ip: the socket's peer, or the client X-Forwarded-For names when trustProxy is on.
+  const address = request.ip
+  // Checked before authorize too, so a flood from one address costs no authorize calls.
+  if (overAddressLimit(slots, options, address)) return refuseSlot(request, reply, 'address', options.maxConnectionsPerAddress as number)
+  let identity: Identity = ANONYMOUS
+  if (authorize !== undefined) {
+    const result = await authorize(request)
+    if (result instanceof Refusal || result === false || result === null || typeof result !== 'object') {
+      const { status, reason } = result instanceof Refusal ? result : new Refusal(401, 'unauthorized')
+      stats.handshakesRefused++
+      request.log.warn({ status, reason }, `${kind(request)} refused by authorize`)
+      return reply.code(status).send({ error: reason })
+    }
+    identity = result
   }
-  const result = await authorize(request)
-  if (result instanceof Refusal || result === false || result === null || typeof result !== 'object') {
-    const { status, reason } = result instanceof Refusal ? result : new Refusal(401, 'unauthorized')
-    stats.handshakesRefused++
-    request.log.warn({ status, reason }, `${kind(request)} refused by authorize`)
-    return reply.code(status).send({ error: reason })
+  const id = typeof identity.id === 'string' ? identity.id : undefined
+  if (id !== undefined) request.log = request.log.child({ user: id })
+  // Again after authorize's await, then taken with no await in between: concurrent handshakes
+  // from one address or identity each see the others' slots.
+  if (overAddressLimit(slots, options, address)) return refuseSlot(request, reply, 'address', options.maxConnectionsPerAddress as number)
+  const perIdentity = options.maxConnectionsPerIdentity
+  if (id !== undefined && perIdentity !== undefined && (slots.identities.get(id) ?? 0) >= perIdentity) {
+    return refuseSlot(request, reply, 'identity', perIdentity)
   }
-  request.fanoutIdentity = result
-  if (typeof result.id === 'string') request.log = request.log.child({ user: result.id })
+  request.fanoutIdentity = identity
+  holdSlot(request, reply, slots, address, id)
+}
+
+/** Open connections (admitted, not yet closed) per address and per identity, for the fair-share limits. */
+interface Slots {
+  addresses: Map<string, number>
+  identities: Map<string, number>
+}
+const slotTables = new WeakMap<object, Slots>()
+
+function slotsOf (core: object): Slots {
+  let slots = slotTables.get(core)
+  if (slots === undefined) slotTables.set(core, slots = { addresses: new Map(), identities: new Map() })
+  return slots
+}
+
+function overAddressLimit (slots: Slots, options: { maxConnectionsPerAddress?: number | undefined }, address: string): boolean {
+  const limit = options.maxConnectionsPerAddress
+  return limit !== undefined && (slots.addresses.get(address) ?? 0) >= limit
+}
+
+// Refusals over a limit are logged at most this often a second per replica; the counters count them all.
+const SLOT_LOGS_PER_SEC = 5
+const slotLog = { second: 0, lines: 0, suppressed: 0 }
+
+function refuseSlot (request: FastifyRequest, reply: FastifyReply, over: 'address' | 'identity', limit: number): FastifyReply {
+  const { stats } = coreOf(request.server)
+  stats.handshakesRefused++
+  if (over === 'address') stats.addressLimited++
+  else stats.identityLimited++
+  const second = Math.floor(Date.now() / 1000)
+  if (second !== slotLog.second) Object.assign(slotLog, { second, lines: 0 })
+  if (slotLog.lines++ < SLOT_LOGS_PER_SEC) {
+    const { suppressed } = slotLog
+    slotLog.suppressed = 0
+    request.log.warn({ address: request.ip, limit, ...(suppressed > 0 ? { suppressed } : {}) },
+      `${kind(request)} refused: ${over === 'address' ? 'MAX_CONNECTIONS_PER_ADDRESS' : 'MAX_CONNECTIONS_PER_IDENTITY'} reached`)
+  } else {
+    slotLog.suppressed++
+  }
+  const error = over === 'address' ? 'too many connections from this address' : 'too many connections for this identity'
+  return reply.code(429).header('retry-after', '5').send({ error, code: `${over}_limit`, limit })
+}
+
+/** Takes the slots now; gives them back once, when the connection (socket or event stream) ends. */
+function holdSlot (request: FastifyRequest, reply: FastifyReply, slots: Slots, address: string, id: string | undefined): void {
+  const bump = (map: Map<string, number>, key: string, by: number): void => {
+    const count = (map.get(key) ?? 0) + by
+    if (count > 0) map.set(key, count)
+    else map.delete(key)
+  }
+  bump(slots.addresses, address, 1)
+  if (id !== undefined) bump(slots.identities, id, 1)
+  const socket = request.raw.socket
+  let released = false
+  const release = (): void => {
+    if (released) return
+    released = true
+    // Both listeners go: a kept-alive socket may carry many event streams one after another.
+    socket.off('close', release)
+    reply.raw.off('close', release)
+    bump(slots.addresses, address, -1)
+    if (id !== undefined) bump(slots.identities, id, -1)
+  }
+  // A WebSocket owns its TCP socket once upgraded; an event stream ends with its response, even
+  // when the socket stays open for the next request (keep-alive). Either way the socket closing
+  // ends it, refused later or not.
+  socket.once('close', release)
+  if ((request as { ws?: boolean }).ws !== true) reply.raw.once('close', release)
 }
 
 // @fastify/websocket marks upgrade requests.

@@ -5,14 +5,16 @@ import { GUEST_CHANNEL } from '../lib/channels.js'
 import { ID_PATTERN } from '../lib/event.js'
 import { Client } from '../lib/hub.js'
 import { originAllowed } from '../lib/origins.js'
-import { PROTOCOL } from '../lib/protocol.js'
+import { CloseCode, PROTOCOL } from '../lib/protocol.js'
+import { TICKET_PATTERN } from '../lib/tokens.js'
 import { acceptsEventStream, openEventStream } from '../lib/transports/sse.js'
 import { UploadQueue } from '../lib/uploads.js'
 import { admitConnection, logText, onInbound, saveUpload } from './connection.js'
+import { refreshToken, ticketRoute } from './stream.js'
 import { coreOf } from '../plugins/fanout.js'
 
 interface GuestRequest {
-  Querystring: { since?: string, epoch?: string }
+  Querystring: { since?: string, epoch?: string, ticket?: string }
   Headers: { 'last-event-id'?: string }
 }
 
@@ -23,9 +25,11 @@ interface GuestRequest {
  */
 export default async function guestRoutes (fastify: FastifyInstance): Promise<void> {
   const core = coreOf(fastify)
-  const { hub, options, broker } = core
+  const { hub, options, broker, tokens } = core
   if (options.guestPath === false) return
   core.streamPath = posix.join(fastify.prefix || '/', options.guestPath)
+  // The client library asks for an EventSource's ticket next to the stream it opens.
+  if (tokens !== undefined) ticketRoute(fastify, tokens, posix.join(options.guestPath, 'ticket'))
   broker.join(GUEST_CHANNEL).catch((err: Error) => fastify.log.error({ err: err.message }, 'could not join the guest channel'))
   fastify.addHook('onClose', async () => broker.leave(GUEST_CHANNEL))
 
@@ -39,7 +43,9 @@ export default async function guestRoutes (fastify: FastifyInstance): Promise<vo
         properties: {
           since: { type: 'string', pattern: ID_PATTERN.source },
           // The epoch of `since`, so a reset of the history is noticed even where ids cannot tell.
-          epoch: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,32}$' }
+          epoch: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,32}$' },
+          // A one-time ticket (POST <streamPath>/ticket) for an EventSource, which cannot send a token.
+          ticket: { type: 'string', pattern: TICKET_PATTERN.source }
         }
       },
       headers: { type: 'object', properties: { 'last-event-id': { type: 'string', pattern: ID_PATTERN.source } } }
@@ -57,15 +63,18 @@ export default async function guestRoutes (fastify: FastifyInstance): Promise<vo
       const client = new Client(openEventStream(request.raw.socket, crossOrigin ? origin : undefined), true)
       client.identity = request.fanoutIdentity ?? ANONYMOUS
       hub.addClient(client)
+      tokens?.watch(client)
       subscribeToGuests(fastify, client, request, request.headers['last-event-id'] ?? request.query.since)
     },
     wsHandler (socket, request) {
       const client = hub.add(socket, socket.protocol === PROTOCOL)
       client.identity = request.fanoutIdentity ?? ANONYMOUS
+      tokens?.watch(client)
       const queue = new UploadQueue(() => socket.pause(), () => socket.resume())
       // Listeners first, before anything async, or early messages are lost.
       onInbound(fastify, socket, request, (data, isBinary) => {
         if (isBinary) queue.push(() => saveUpload(fastify, client, request, data))
+        else if (tokens !== undefined && isRefresh(data)) refreshToken(fastify, client, request, (JSON.parse(data.toString()) as { token?: unknown }).token)
         else logText(fastify, request, data)
       })
       subscribeToGuests(fastify, client, request, request.query.since)
@@ -80,5 +89,24 @@ function subscribeToGuests (fastify: FastifyInstance, client: Client, request: F
     if (since === undefined) return
     request.log.info({ since, replayed, lost, clamped }, 'resumed')
     if (client.control) hub.sendJson(client, { type: 'resume', since, replayed, lost, clamped, epoch: epoch ?? null })
-  }).catch((err: Error) => request.log.warn({ since, err: err.message }, 'resume failed: history unavailable'))
+  }).catch((err: Error) => {
+    // The guest channel did not stand in Redis in time, or its history could not be read: the
+    // client comes back and tries again (a failed replay has closed it already).
+    request.log.warn({ since, err: err.message }, 'subscribe failed: the guest channel is unavailable now')
+    client.close(CloseCode.TRY_AGAIN_LATER, 'channel unavailable')
+  })
+}
+
+/**
+ * A text frame that is a `refresh` command (with tokens on, the one command `/guest` takes): taken,
+ * never logged, since it carries a token.
+ */
+function isRefresh (data: Buffer): boolean {
+  if (data[0] !== 0x7b) return false // '{'
+  try {
+    const command = JSON.parse(data.toString()) as unknown
+    return typeof command === 'object' && command !== null && (command as { type?: unknown }).type === 'refresh'
+  } catch {
+    return false
+  }
 }

@@ -326,3 +326,39 @@ t.test('a SUBSCRIBE Redis refuses is tried again: the client waiting for its cha
   await client.until((c) => c.json('chat').length > 0, 10_000, 'the event')
   t.same(client.json('chat').map((e) => e.id), [id], 'then its events, live')
 })
+
+t.test('a channel Redis keeps refusing: the waiting client is told unavailable, and the replica lets the channel go', async (t) => {
+  const redis = await startRedis(t)
+  const channel = 'news:never'
+  await redis.cli('ACL', 'SETUSER', 'narrow', 'on', '>narrow-secret', '~*', '+@all', 'resetchannels', '&fanout:{guest}:*')
+  const narrow = await replica(t, { redisUrl: `redis://narrow:narrow-secret@127.0.0.1:${redis.port}` })
+  const joined = (): number => Number(narrow.app.fanout.snapshot().brokerStats.channelsJoined)
+  const before = joined()
+  const client = await subscriber(t, narrow, [], 1000)
+  client.socket.send(JSON.stringify({ type: 'subscribe', channel }))
+  await client.until((c) => c.json('error').length > 0, 20_000, 'an answer')
+  t.same(client.json('error').map(({ code, channel }) => ({ code, channel })), [{ code: 'unavailable', channel }], 'told: unavailable, try again')
+  t.equal(client.json('subscribed').length, 0, 'not subscribed')
+  t.equal(joined(), before + 1, 'the replica still wants the channel right after')
+  await waitFor(() => joined() === before, 10_000, 'the replica to let the channel go')
+})
+
+t.test('a reconnect while Redis refuses one channel: that channel is not told subscribed, the others are', async (t) => {
+  const redis = await startRedis(t)
+  const refused = 'news:refused'
+  const allowed = 'news:allowed'
+  await redis.cli('ACL', 'SETUSER', 'narrow', 'on', '>narrow-secret', '~*', '+@all', 'resetchannels', '&fanout:{guest}:*', `&fanout:{${allowed}}:*`)
+  const narrow = await replica(t, { redisUrl: `redis://narrow:narrow-secret@127.0.0.1:${redis.port}` })
+  const client = await subscriber(t, narrow, [allowed], 10_000)
+  client.socket.send(JSON.stringify({ type: 'subscribe', channel: refused }))
+  await waitFor(() => narrow.logs.lines.some((l) => l.msg === 'subscribing failed; retrying' && l.first === refused), 10_000, 'the SUBSCRIBE to be refused')
+  // The subscriber connection comes back: one SUBSCRIBE for every channel wanted, the refused one among them.
+  await redis.cli('CLIENT', 'KILL', 'TYPE', 'pubsub', 'USER', 'narrow')
+  await client.until((c) => c.json('error').length > 0, 20_000, 'an answer for the refused channel')
+  t.same(client.json('subscribed').map((m) => m.channel), [allowed], 'only the channel Redis took was told subscribed')
+  t.same(client.json('error').map(({ code, channel }) => ({ code, channel })), [{ code: 'unavailable', channel: refused }], 'the refused one: unavailable')
+  const publisher = await replica(t, { redisUrl: redis.url })
+  const id = await publisher.app.fanout.publish(allowed, { type: 'chat', n: 1 })
+  await client.until((c) => c.json('chat').length > 0, 10_000, 'the allowed channel\'s event')
+  t.same(client.json('chat').map((e) => e.id), [id], 'the allowed channel still delivers after the reconnect')
+})

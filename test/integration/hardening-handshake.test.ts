@@ -3,21 +3,11 @@
 import { readdir } from 'node:fs/promises'
 import t from 'tap'
 import { build, connect, startServer, run, waitFor, type TestClient } from '../support/helper.js'
-import { handshakeStatus, HandshakeRefused, RawClient, servesNewClient } from '../support/raw-ws.js'
+import { handshakeStatus, RawClient, refusal, servesNewClient } from '../support/raw-ws.js'
 import { coreOf } from '../../plugins/fanout.js'
 
 const PNG = Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'), Buffer.alloc(64, 7)])
 const TOKEN = 'upl0ad-Secret.token~42'
-
-async function refusal (promise: Promise<unknown>): Promise<HandshakeRefused> {
-  try {
-    await promise
-  } catch (err) {
-    if (err instanceof HandshakeRefused) return err
-    throw err
-  }
-  throw new Error('the handshake was admitted')
-}
 
 t.test('a foreign Origin is refused with 403 before the upgrade', async (t) => {
   const { app, ws, port } = await build(t)

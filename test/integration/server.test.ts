@@ -66,3 +66,19 @@ t.test('SIGTERM closes connected clients with 1012 and exits 0', async (t) => {
   t.equal(signal, null)
   t.ok(server.logs().some((l) => l.msg === 'closing' && l.signal === 'SIGTERM'), 'logs why it closes')
 })
+
+t.test('TRUST_PROXY: the address behind one proxy is X-Forwarded-For\'s, for MAX_CONNECTIONS_PER_ADDRESS; unset, the proxy\'s own', async (t) => {
+  const streamFrom = async (url: string, forwardedFor: string): Promise<number> => {
+    const controller = new AbortController()
+    t.teardown(() => controller.abort())
+    const res = await fetch(`${url}/guest`, { headers: { accept: 'text/event-stream', 'x-forwarded-for': forwardedFor }, signal: controller.signal })
+    return res.status
+  }
+  const behind = await startServer(t, { TRUST_PROXY: '1', MAX_CONNECTIONS_PER_ADDRESS: '1' })
+  t.equal(await streamFrom(behind.url, '198.51.100.1'), 200, 'a first client')
+  t.equal(await streamFrom(behind.url, '198.51.100.1'), 429, 'a second from the same address: over its share')
+  t.equal(await streamFrom(behind.url, '198.51.100.2'), 200, 'another address still connects')
+  const direct = await startServer(t, { MAX_CONNECTIONS_PER_ADDRESS: '1' })
+  t.equal(await streamFrom(direct.url, '198.51.100.1'), 200, 'without TRUST_PROXY: a first client')
+  t.equal(await streamFrom(direct.url, '198.51.100.2'), 429, 'X-Forwarded-For is not believed: both come from 127.0.0.1')
+})

@@ -245,3 +245,14 @@ export async function handshakeStatus (t: Tap, port: number, options: RawOptions
     throw err
   }
 }
+
+/** The refusal a handshake met; fails if it was admitted. */
+export async function refusal (promise: Promise<unknown>): Promise<HandshakeRefused> {
+  try {
+    await promise
+  } catch (err) {
+    if (err instanceof HandshakeRefused) return err
+    throw err
+  }
+  throw new Error('the handshake was admitted')
+}

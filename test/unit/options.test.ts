@@ -112,5 +112,5 @@ t.test('a valid configuration registers and serves; its options are read-only', 
   await app.ready()
   t.equal(app.fanout.options.uploadQuotaBytes, 1000)
   t.throws(() => { (app.fanout.options as { historySize: number }).historySize = 1 }, TypeError, 'the resolved options are frozen')
-  t.same(Object.keys(app.fanout).sort(), ['broker', 'history', 'options', 'publish', 'snapshot'], 'fastify.fanout: what an app builds on, nothing internal')
+  t.same(Object.keys(app.fanout).sort(), ['broker', 'history', 'options', 'publish', 'revoke', 'revokeUser', 'snapshot'], 'fastify.fanout: what an app builds on, nothing internal')
 })
