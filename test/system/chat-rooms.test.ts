@@ -156,6 +156,7 @@ export class ChatRooms {
         this.refusals.push(\`\${message.code}: \${message.message}\`)
         break
       case 'ack':
+      case 'refreshed': // signed tokens only
         break
       default: {
         const unhandled: never = message

@@ -1,0 +1,121 @@
+// The machinery of the Swarm test (test/swarm/swarm.test.ts): a swarm of this test's own on the
+// local engine (refused if the engine is already in one), a stack deployed from deploy/stack.yml
+// under a unique name, and at teardown, whatever happens, `docker stack rm`, its volumes, and
+// `docker swarm leave --force`.
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { ROOT } from './helper.js'
+import { answers, sh } from './compose.js'
+
+type Tap = {
+  teardown (fn: () => unknown): void
+  comment (...args: unknown[]): void
+  passing (): boolean
+}
+
+/** Why the Swarm test cannot run here, or undefined when it can. */
+export async function swarmUnavailable (): Promise<string | undefined> {
+  if (!await answers('docker', ['info'])) return 'no Docker engine answers `docker info` (.ci/run starts dockerd)'
+  const state = (await sh('docker', ['info', '--format', '{{.Swarm.LocalNodeState}}'])).stdout.trim()
+  if (state !== 'inactive') {
+    return `the engine is already in a swarm (state ${state}) that this test did not create; it will not deploy into ` +
+      'it nor leave it (`docker swarm leave --force` first, if that swarm is yours to end)'
+  }
+}
+
+/** Polls `fn` every `everyMs` until it returns a truthy value; rejects after `timeoutMs` saying what. */
+export async function poll<T> (fn: () => T | Promise<T>, timeoutMs: number, what: string, everyMs = 500): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await fn()
+    if (value) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await sleep(everyMs)
+  }
+}
+
+export interface Stack {
+  name: string
+  /** `docker stack deploy` of deploy/stack.yml with `env` for its variables. */
+  deploy (): Promise<number>
+  /** The running containers of one service on this node. */
+  containers (service: string): Promise<string[]>
+  /** Tasks of a service that Swarm wants running and that run (healthy, when it has a check). */
+  runningTasks (service: string): Promise<number>
+  /** The service's update state (`updating`, `completed`, `rollback_completed`…), '' before any. */
+  updateState (service: string): Promise<string>
+  /** Removes the stack, waits for its containers to go, removes its volumes, leaves the swarm. */
+  remove (): Promise<void>
+  /** What is left: containers, networks, volumes of the stack; the swarm if still active. */
+  leftovers (): Promise<string[]>
+}
+
+const lines = (stdout: string): string[] => stdout.split('\n').map((l) => l.trim()).filter(Boolean)
+
+/** `docker swarm init` now; the stack `name` deployable; everything removed at teardown. */
+export async function swarmStack (t: Tap, name: string, env: NodeJS.ProcessEnv): Promise<Stack> {
+  const hadGwbridge = (await sh('docker', ['network', 'ls', '-q', '--filter', 'name=^docker_gwbridge$'])).stdout.trim() !== ''
+  const init = await sh('docker', ['swarm', 'init', '--advertise-addr', '127.0.0.1'])
+  t.comment(`docker swarm init --advertise-addr 127.0.0.1: ${init.ms} ms`)
+  const label = `com.docker.stack.namespace=${name}`
+  let removed = false
+  const stack: Stack = {
+    name,
+    async deploy () {
+      const { ms } = await sh('docker', ['stack', 'deploy', '--resolve-image', 'never', '-c', join(ROOT, 'deploy/stack.yml'), name], {
+        env: { ...process.env, ...env }
+      })
+      return ms
+    },
+    async containers (service) {
+      return lines((await sh('docker', ['ps', '-q', '--filter', `label=com.docker.swarm.service.name=${name}_${service}`])).stdout)
+    },
+    async runningTasks (service) {
+      const { stdout } = await sh('docker', ['service', 'ps', `${name}_${service}`, '--filter', 'desired-state=running', '--format', '{{.CurrentState}}'])
+      return lines(stdout).filter((l) => l.startsWith('Running')).length
+    },
+    async updateState (service) {
+      return (await sh('docker', ['service', 'inspect', `${name}_${service}`, '--format', '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}'])).stdout.trim()
+    },
+    async remove () {
+      if (removed) return
+      removed = true
+      await sh('docker', ['stack', 'rm', name]).catch((err) => console.error(err.message))
+      // stack rm returns at once; the tasks stop (draining) afterwards, and only then can the
+      // network and the volumes go.
+      await poll(async () => lines((await sh('docker', ['ps', '-aq', '--filter', `label=${label}`])).stdout).length === 0, 90_000, 'the stack\'s containers to go', 1000)
+        .catch((err) => console.error(err.message))
+      const left = lines((await sh('docker', ['ps', '-aq', '--filter', `label=${label}`])).stdout)
+      if (left.length > 0) await sh('docker', ['rm', '-fv', ...left]).catch((err) => console.error(err.message))
+      await poll(async () => lines((await sh('docker', ['network', 'ls', '-q', '--filter', `label=${label}`])).stdout).length === 0, 30_000, 'the stack\'s network to go', 1000)
+        .catch((err) => console.error(err.message))
+      const volumes = lines((await sh('docker', ['volume', 'ls', '-q', '--filter', `label=${label}`])).stdout)
+      if (volumes.length > 0) await sh('docker', ['volume', 'rm', '-f', ...volumes]).catch((err) => console.error(err.message))
+      await sh('docker', ['swarm', 'leave', '--force']).catch((err) => console.error(err.message))
+      // Made by the first overlay network a container joined; not there before this test: removed.
+      if (!hadGwbridge) await sh('docker', ['network', 'rm', 'docker_gwbridge']).catch(() => {})
+    },
+    async leftovers () {
+      const left: string[] = []
+      for (const [kind, args] of [['container', ['ps', '-aq']], ['network', ['network', 'ls', '-q']], ['volume', ['volume', 'ls', '-q']]] as const) {
+        for (const id of lines((await sh('docker', [...args, '--filter', `label=${label}`])).stdout)) left.push(`${kind} ${id}`)
+      }
+      for (const id of lines((await sh('docker', ['volume', 'ls', '-q', '--filter', `name=${name}_`])).stdout)) left.push(`volume ${id}`)
+      const state = (await sh('docker', ['info', '--format', '{{.Swarm.LocalNodeState}}'])).stdout.trim()
+      if (state !== 'inactive') left.push(`swarm ${state}`)
+      if (!hadGwbridge && (await sh('docker', ['network', 'ls', '-q', '--filter', 'name=^docker_gwbridge$'])).stdout.trim() !== '') left.push('network docker_gwbridge')
+      return [...new Set(left)]
+    }
+  }
+  t.teardown(async () => {
+    if (!t.passing() && !removed) {
+      for (const service of ['app', 'worker', 'lb']) {
+        const ps = await sh('docker', ['service', 'ps', '--no-trunc', `${name}_${service}`]).catch((err) => ({ stdout: err.message }))
+        const logs = await sh('docker', ['service', 'logs', '--tail', '20', `${name}_${service}`]).catch((err) => ({ stdout: err.message }))
+        console.error(`# ${name}_${service} (a check failed):\n${ps.stdout}\n${logs.stdout}`)
+      }
+    }
+    await stack.remove()
+  })
+  return stack
+}
