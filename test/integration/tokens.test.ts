@@ -262,6 +262,11 @@ t.test('an EventSource ticket: issued for a valid token, redeemed once, then ref
   const body = again.status === 401 ? await again.json() : await again.body?.cancel() // a stream never ends
   t.same(body, { error: 'ticket refused: unknown, already used, or expired' })
   t.equal((await fetch(`${app.url}/stream?channel=news&ticket=${ticket}`, { headers: { accept: 'text/event-stream' } })).status, 401, 'the first ticket was used by its refused attempt')
+  // The client library asks next to the stream it opens: /guest has its own ticket route.
+  const guest = await fetch(`${app.url}/guest/ticket`, { method: 'POST', headers: { authorization: `Bearer ${await hs({})}` } })
+  t.equal(guest.status, 200, 'a ticket from /guest/ticket')
+  const { ticket: ticket3 } = await guest.json() as { ticket: string }
+  t.equal((await openSse(t, `${app.url}/guest?ticket=${ticket3}`)).status, 200, 'redeemed on /guest')
 })
 
 t.test('the client library: token() at connect, a refresh before exp, no reconnect', async (t) => {
