@@ -393,8 +393,10 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
     const ids = messages.map((m) => m.id)
     const duplicates = ids.length - held.size
     const disordered = ids.filter((id, i) => i > 0 && compareIds(id, ids[i - 1]) <= 0).length
-    const wrongText = messages.filter((m) => acked.has(m.id) && acked.get(m.id)?.text !== m.text).length
-    return { messages: ids.length, missing, silent, notices: covers.length, duplicates, disordered, wrongText }
+    const wrong = messages.filter((m) => acked.has(m.id) && acked.get(m.id)?.text !== m.text)
+    // Which id came with which text, and what its acknowledgement was for (an id given to two posts?).
+    const wrongTexts = wrong.map((m) => `${m.id}: held "${m.text}", acknowledged for "${acked.get(m.id)?.text ?? ''}" via ${acked.get(m.id)?.via ?? '?'}`)
+    return { messages: ids.length, missing, silent, notices: covers.length, duplicates, disordered, wrongText: wrong.length, wrongTexts }
   }
   const settled = await waitFor(() => {
     collectWsAcks()
@@ -414,6 +416,7 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
       t.equal(a.duplicates, 0, `${member.user} in ${room}: no message twice`)
       t.equal(a.disordered, 0, `${member.user} in ${room}: in order`)
       t.equal(a.wrongText, 0, `${member.user} in ${room}: each message as it was posted`)
+      for (const line of a.wrongTexts) t.comment(`${member.user} ${room}: ${line}`)
       if (a.missing.length === 0) complete++
       else if (a.silent.length === 0) {
         told++
