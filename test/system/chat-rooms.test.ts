@@ -185,8 +185,10 @@ type ChatRoomsClass = new (rooms: readonly string[]) => ChatRooms
 
 const hostPorts = (nodes: HostPort[]) => nodes.map((n) => `${n.host}:${n.port}`).join(',')
 
-/** One acknowledged message: its room, its text, and which way it was posted. */
-interface Acked { room: string, text: string, via: 'http' | 'ws', at: number }
+/** One acknowledged message: its room and id, its text, and which way it was posted. */
+interface Acked { room: string, id: string, text: string, via: 'http' | 'ws', at: number }
+/** Ids order events within a channel: two rooms may well give the same id to two messages. */
+const ackKey = (room: string, id: string): string => `${room} ${id}`
 
 t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, a slot owner killed mid-conversation, nothing acknowledged silently lost', { timeout: 300_000 }, async (t) => {
   const dir = tempDir(t, 'fanout-chat-')
@@ -244,8 +246,8 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
   // The members: each in two or three rooms (a third of them in room:0 too), spread over the replicas.
   let stopped = false
   const startedAt = Date.now()
-  const acked = new Map<string, Acked>() // id → what was acknowledged with it
-  const ackedIn = (room: string) => [...acked].filter(([, a]) => a.room === room)
+  const acked = new Map<string, Acked>() // ackKey(room, id) → what was acknowledged with it
+  const ackedIn = (room: string): Array<[string, Acked]> => [...acked.values()].filter((a) => a.room === room).map((a) => [a.id, a])
   let attempts = 0
   let unacked = 0
   let ref = 0
@@ -310,7 +312,7 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
           signal: AbortSignal.timeout(60_000)
         })
         const body = await res.json() as { id?: string }
-        if (res.status === 202 && typeof body.id === 'string') acked.set(body.id, { room, text, via: 'http', at: Date.now() })
+        if (res.status === 202 && typeof body.id === 'string') acked.set(ackKey(room, body.id), { room, id: body.id, text, via: 'http', at: Date.now() })
         else unacked++
       } catch {
         unacked++
@@ -339,7 +341,7 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
     for (const member of members) {
       for (const [r, id] of member.chat.published) {
         const sent = refs.get(Number(r))
-        if (sent !== undefined && !acked.has(id)) acked.set(id, { ...sent, via: 'ws', at: Date.now() })
+        if (sent !== undefined && !acked.has(ackKey(sent.room, id))) acked.set(ackKey(sent.room, id), { ...sent, id, via: 'ws', at: Date.now() })
       }
     }
   }
@@ -393,9 +395,10 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
     const ids = messages.map((m) => m.id)
     const duplicates = ids.length - held.size
     const disordered = ids.filter((id, i) => i > 0 && compareIds(id, ids[i - 1]) <= 0).length
-    const wrong = messages.filter((m) => acked.has(m.id) && acked.get(m.id)?.text !== m.text)
+    const ackOf = (id: string): Acked | undefined => acked.get(ackKey(room, id))
+    const wrong = messages.filter((m) => ackOf(m.id) !== undefined && ackOf(m.id)?.text !== m.text)
     // Which id came with which text, and what its acknowledgement was for (an id given to two posts?).
-    const wrongTexts = wrong.map((m) => `${m.id}: held "${m.text}", acknowledged for "${acked.get(m.id)?.text ?? ''}" via ${acked.get(m.id)?.via ?? '?'}`)
+    const wrongTexts = wrong.map((m) => `${m.id}: held "${m.text}", acknowledged for "${ackOf(m.id)?.text ?? ''}" via ${ackOf(m.id)?.via ?? '?'}`)
     return { messages: ids.length, missing, silent, notices: covers.length, duplicates, disordered, wrongText: wrong.length, wrongTexts }
   }
   const settled = await waitFor(() => {
@@ -428,7 +431,7 @@ t.test('a chat with rooms from the packed tarball: three replicas on a Cluster, 
         t.comment(`${member.user} ${room} log: ${entries.join(' ')}`)
         t.comment(`${member.user} (ms from the start; the kill at ${killedAt - startedAt}):\n${member.trail.filter((line) => !line.includes('"channel":"room:') || line.includes(`"${room}"`)).join('\n')}`)
         for (const id of a.silent) {
-          const ack = acked.get(id)
+          const ack = acked.get(ackKey(room, id))
           t.comment(`${member.user} ${room} lacks ${id}: acknowledged ${ack === undefined ? '?' : `${ack.at - killedAt} ms after the kill, via ${ack.via}`}`)
         }
       }
