@@ -103,6 +103,8 @@ export class RedisBroker implements Broker {
   #closing = false
   /** Loss declarations on their way, by channel and missing id: one each. */
   readonly #declaring = new Set<string>()
+  /** Per Redis server (host:port), the eviction policy it was last found to have, if not `noeviction`. */
+  readonly #evicting = new Map<string, string>()
 
   constructor (options: RedisBrokerOptions) {
     this.#options = options
@@ -117,10 +119,14 @@ export class RedisBroker implements Broker {
     this.#cmd.on('ready', () => {
       if (!this.#sub) this.#setState('ready')
       this.#reconnected()
+      if (!this.#cluster) this.#checkEviction(this.#cmd as Redis).catch(() => {})
     })
     if (this.#cluster) {
       // Each node has its own connection, replaced on its own: any of them anew, the same.
-      (this.#cmd as Cluster).on('+node', (node: Redis) => node.on('ready', () => this.#reconnected()))
+      (this.#cmd as Cluster).on('+node', (node: Redis) => node.on('ready', () => {
+        this.#reconnected()
+        this.#checkEviction(node).catch(() => {})
+      }))
     }
     this.#cmd.on('close', () => { if (!this.#sub) this.#setState('down') })
     this.#cmd.on('error', (err) => this.#log.warn('command-connection', { err: err.message }, 'redis command connection error'))
@@ -354,6 +360,37 @@ export class RedisBroker implements Broker {
   }
 
   /**
+   * Any `maxmemory-policy` but `noeviction` lets Redis evict what exactness rests on (a history,
+   * its meta, a publisher's dedupe record, the worker lease: the volatile-* policies take those with
+   * an expiry, which they all have). What is lost then is told (a new epoch, a gap), and order is
+   * kept (PUBLISH_SCRIPT), but a retry after a lost reply may make a second event: said once per
+   * server until it changes, and shown as `evictingServers`; looked at on each new connection.
+   * CONFIG refused (some managed Redis): said, at info.
+   */
+  async #checkEviction (server: Redis): Promise<void> {
+    const where = `${server.options.host ?? ''}:${server.options.port ?? ''}`
+    let policy: string
+    try {
+      const reply = await server.config('GET', 'maxmemory-policy') as string[]
+      policy = reply[1] ?? 'unknown'
+    } catch (err) {
+      this.#log.info({ redis: where, err: (err as Error).message }, 'could not read maxmemory-policy (CONFIG refused): make sure it is noeviction')
+      return
+    }
+    const before = this.#evicting.get(where)
+    if (policy === 'noeviction') {
+      this.#evicting.delete(where)
+      if (before !== undefined) this.#log.info({ redis: where, policy }, 'maxmemory-policy is noeviction now')
+      return
+    }
+    this.#evicting.set(where, policy)
+    if (before !== policy) {
+      this.#log.error({ redis: where, policy },
+        'redis may evict histories, dedupe records and the worker lease (maxmemory-policy is not noeviction): losses are told, but a retried publish may repeat; set maxmemory-policy noeviction')
+    }
+  }
+
+  /**
    * Declares a channel's history lost if an event Redis took (`missing`) is no longer in it
    * (LOSS_SCRIPT): every replica's clients are told, and resumes from before are answered
    * `lost: true`. Tried again while Redis refuses it (a failover settling); the script itself
@@ -415,7 +452,13 @@ export class RedisBroker implements Broker {
   }
 
   stats (): Record<string, number> {
-    return { ...this.#counters, outboxLength: this.#outbox.length, unreplicated: this.#outbox.unreplicated, channelsJoined: this.#joined.size }
+    return {
+      ...this.#counters,
+      outboxLength: this.#outbox.length,
+      unreplicated: this.#outbox.unreplicated,
+      channelsJoined: this.#joined.size,
+      evictingServers: this.#evicting.size
+    }
   }
 
   async close (): Promise<void> {

@@ -52,7 +52,8 @@ const PUBLISHER_RECORD_MS = 86_400_000
  * - Idempotent: a counter the publisher already used returns the id it got then, so a retry after
  *   a lost reply or a partly executed pipeline never makes a second event. A counter that skips
  *   ahead is refused (`ORDER`) while an earlier one is still pending: it was refused, and
- *   publishing past it would reorder.
+ *   publishing past it would reorder. So is one that finds no record (evicted under
+ *   `allkeys-lru`) unless it is the oldest pending: the record cannot say what came before.
  * - Ids never go backwards and never repeat: each id is above the history's last id and above the
  *   newest id this publisher was given (`floor`), whatever became of the keys in between.
  * - A history that lost what this publisher knows it wrote (deleted, evicted, flushed, a restart
@@ -89,7 +90,9 @@ if counter <= applied then
   if id then return id end
   return redis.error_reply('STALE publish ' .. counter .. ' is older than the dedupe window')
 end
-if applied > 0 and counter ~= applied + 1 and tonumber(ARGV[10]) < counter then
+-- Without a record (never written, expired, evicted) only the publisher's oldest pending counter
+-- may start one: a later one would overtake an earlier that Redis refused (at maxmemory, say).
+if counter ~= applied + 1 and tonumber(ARGV[10]) < counter then
   return redis.error_reply('ORDER publish ' .. counter .. ' follows ' .. applied)
 end
 if ARGV[13] == '1' then

@@ -99,6 +99,20 @@ t.test('maxmemory with allkeys-lru evicting the history: both replicas deliver t
   await everyoneHasExactly(t, clients, confirmed)
 })
 
+t.test('a Redis that may evict: each replica says so at connect and shows it; noeviction: nothing said', async (t) => {
+  const redis = await startRedis(t)
+  await redis.cli('CONFIG', 'SET', 'maxmemory-policy', 'volatile-lru')
+  const evicting = await replica(t, redis.url)
+  await waitFor(() => evicting.logs().some((l) => /maxmemory-policy is not noeviction/.test(String(l.msg))), 10_000, 'the eviction warning')
+  t.match(evicting.logs().find((l) => /maxmemory-policy is not noeviction/.test(String(l.msg))), { level: 50, policy: 'volatile-lru' }, 'logged as an error, naming the policy')
+  t.equal(await metricValue(evicting.url, 'fanout_broker_stat{name="evictingServers"}'), 1, 'evictingServers 1 on /metrics')
+
+  await redis.cli('CONFIG', 'SET', 'maxmemory-policy', 'noeviction')
+  const safe = await replica(t, redis.url)
+  t.equal(await metricValue(safe.url, 'fanout_broker_stat{name="evictingServers"}'), 0, 'noeviction: evictingServers 0')
+  t.notOk(safe.logs().some((l) => /maxmemory-policy/.test(String(l.msg))), 'and nothing said')
+})
+
 t.test('maxmemory with noeviction: refused publishes wait and go once; resumes still work', async (t) => {
   const redis = await startRedis(t)
   const { replicas, clients } = await topology(t, redis)

@@ -46,14 +46,14 @@ t.test('the publish script: ids never go back or repeat when the keys vanish wit
   const client = await scriptClient(t, redis.url)
   const ids: string[] = []
   for (let i = 1; i <= 300; i++) {
-    const id = await publish(client, i, { floor: ids.at(-1), epoch: `e${i}` })
+    const id = await publish(client, i, { floor: ids.at(-1), epoch: `e${i}`, oldestPending: i }) // one at a time: each the oldest pending
     ids.push(id)
     if (i % 3 === 0) await client.del(keys.events, keys.meta, keys.publisher('p1'))
   }
   t.ok(ids.every((id, i) => i === 0 || compareIds(id, ids[i - 1]) > 0), 'every id above the one before, across 100 resets')
   const stream = await streamEntries(redis.url)
   t.equal(stream.length, 0, 'the last reset left the history empty')
-  const next = await publish(client, 301, { floor: ids.at(-1), epoch: 'eLast' })
+  const next = await publish(client, 301, { floor: ids.at(-1), epoch: 'eLast', oldestPending: 301 })
   t.ok(compareIds(next, ids[299]) > 0, 'the next id is still above')
   t.same((await streamEntries(redis.url)).map((e) => [e.seq, e.epoch]), [[1, 'eLast']], 'a reset history starts a new epoch at seq 1')
 })
@@ -76,6 +76,19 @@ t.test('the publish script: keys evicted between two calls of one pipelined batc
     }
   }
   t.pass('50 rounds: the second id always above the first')
+})
+
+t.test('the publish script: a record evicted while an earlier counter waits: the later one waits too, none dropped as stale', async (t) => {
+  const redis = await startRedis(t)
+  const client = await scriptClient(t, redis.url)
+  await publish(client, 1)
+  // Counter 2 was refused (OOM at maxmemory, as allkeys-lru can still answer); then the record went.
+  await client.del(keys.publisher('p1'))
+  await t.rejects(publish(client, 3, { oldestPending: 2 }), /^ORDER/, 'counter 3 while 2 is pending and the record is gone: refused, not published ahead of it')
+  const two = await publish(client, 2, { oldestPending: 2 })
+  const three = await publish(client, 3, { oldestPending: 2 })
+  t.ok(compareIds(three, two) > 0, 'then 2 and 3 go, in order')
+  t.same((await streamEntries(redis.url)).map((e) => (JSON.parse(e.body) as { n: number }).n), [1, 2, 3], 'the history holds each once, in the order they were made')
 })
 
 t.test('the publish script: a history behind the publisher\'s floor (lost writes) starts a new epoch', async (t) => {
