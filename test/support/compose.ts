@@ -135,3 +135,28 @@ export async function composeProject (t: Tap, file: string, name: string, env: N
   })
   return project
 }
+
+export interface Inside { status: number, body: string }
+
+// Run by the image's node inside a container: one GET with exactly these headers (Host included,
+// which fetch will not set); an admitted event stream is read only up to its headers.
+const GET_INSIDE = `
+const [url, headers] = process.argv.slice(1)
+require('node:http').get(url, { headers: JSON.parse(headers) }, (res) => {
+  const done = (body) => { process.stdout.write(JSON.stringify({ status: res.statusCode, body })); process.exit(0) }
+  if (String(res.headers['content-type']).startsWith('text/event-stream')) return done('')
+  let body = ''
+  res.setEncoding('utf8')
+  res.on('data', (chunk) => { body += chunk })
+  res.on('end', () => done(body))
+}).on('error', (err) => { console.error(err.message); process.exit(1) })`
+
+/**
+ * A GET made from inside a container that has node (an app or worker container): the request
+ * comes from that container's address on the project's network, as Prometheus's scrape would,
+ * or a client other than the test's own.
+ */
+export async function getFrom (container: string, url: string, headers: Record<string, string> = {}): Promise<Inside> {
+  const { stdout } = await sh('docker', ['exec', container, 'node', '-e', GET_INSIDE, url, JSON.stringify(headers)], { timeoutMs: 30_000 })
+  return JSON.parse(stdout)
+}
