@@ -168,7 +168,12 @@ interface Channel {
   sent?: boolean
   /** Its subscribe command awaits the answer. */
   asked?: boolean
+  /** The uids of its last events: one published again under a new id after a failover is dropped. */
+  uids?: Set<string>
 }
+
+/** Uids remembered per channel: a repeat follows its original within the publisher's retry. */
+const REMEMBERED_UIDS = 1024
 
 interface Pending<T> { resolve (value: T): void, reject (err: FanoutError): void, channel?: string, ref?: number }
 
@@ -443,6 +448,12 @@ export function createClient (options: ClientOptions): FanoutClient {
       if (ch.position !== undefined && compareIds(m.id, ch.position) <= 0) return
       ch.position = m.id
       ch.epoch = m.epoch
+      if (typeof m.uid === 'string') {
+        const uids = ch.uids ??= new Set()
+        if (uids.has(m.uid)) return // had it already, under the id it had before a failover
+        uids.add(m.uid)
+        if (uids.size > REMEMBERED_UIDS) uids.delete(uids.values().next().value as string)
+      }
       return ch.h.onEvent(m as never)
     }
     switch (m.type) {

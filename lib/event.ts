@@ -27,6 +27,7 @@ export interface FrameBlock { frames: Buffer, count: number, lastId: string }
 const ID_PREFIX = '{"id":"'
 const EPOCH_PREFIX = '","epoch":"'
 const CHANNEL_PREFIX = '","channel":"'
+const UID_PREFIX = '","uid":"'
 
 /** The most events one read of a history returns (a replay reads page by page). */
 export const HISTORY_PAGE = 500
@@ -61,16 +62,30 @@ export function encodeBody (body: EventBody): string {
   if (typeof body !== 'object' || body === null || typeof body.type !== 'string' || body.type === '') {
     throw new TypeError('an event must be an object with a non-empty string "type"')
   }
-  if ('id' in body || 'epoch' in body || 'channel' in body) throw new TypeError('an event\'s "id", "epoch" and "channel" are set by the broker')
+  if ('id' in body || 'epoch' in body || 'channel' in body || 'uid' in body) throw new TypeError('an event\'s "id", "epoch", "channel" and "uid" are set by the broker')
   return JSON.stringify(body)
 }
 
 /**
- * `{"type":…}` → `{"id":"<id>","epoch":"<epoch>","channel":"<channel>","type":…}`. The Redis
- * publish script makes the same bytes. Channel names need no escaping (lib/channels.ts).
+ * `{"type":…}` → `{"id":"<id>","epoch":"<epoch>","channel":"<channel>","uid":"<uid>","type":…}`
+ * (`uid` where the publisher gave one). The Redis publish script makes the same bytes. Channel
+ * names and uids need no escaping (lib/channels.ts, Outbox).
  */
-export function withId (id: string, epoch: string, channel: string, body: string): Buffer {
-  return Buffer.from(`${ID_PREFIX}${id}${EPOCH_PREFIX}${epoch}${CHANNEL_PREFIX}${channel}",${body.slice(1)}`)
+export function withId (id: string, epoch: string, channel: string, body: string, uid = ''): Buffer {
+  const identity = uid === '' ? '' : `${UID_PREFIX}${uid}`
+  return Buffer.from(`${ID_PREFIX}${id}${EPOCH_PREFIX}${epoch}${CHANNEL_PREFIX}${channel}${identity}",${body.slice(1)}`)
+}
+
+/**
+ * Reads the uid back out of event bytes made by `withId`: the field right after the channel (a
+ * body cannot hold one of its own, encodeBody refuses it), or '' when the event has none.
+ */
+export function uidOf (data: Buffer): string {
+  const channel = data.indexOf(CHANNEL_PREFIX, ID_PREFIX.length) + CHANNEL_PREFIX.length
+  const end = data.indexOf(34, channel) // the channel's closing quote
+  if (data.toString('latin1', end, end + UID_PREFIX.length) !== UID_PREFIX) return ''
+  const start = end + UID_PREFIX.length
+  return data.toString('latin1', start, data.indexOf(34, start))
 }
 
 /** Reads the id back out of event bytes made by `withId`, without parsing the JSON. */

@@ -28,10 +28,11 @@ export const CLOSE_GRACE_MS = 1000
 /**
  * An event as clients receive it: the fields its publisher gave, after the `id` the broker
  * assigned and the `epoch` of the history it belongs to (a new epoch: a new history, whose ids
- * cannot be compared with the old one's). `T` is the body you publish, e.g.
- * `FanoutEvent<{ type: 'news', text: string }>`.
+ * cannot be compared with the old one's), and through Redis its `uid`: the publisher's own name
+ * for it, the same if a failover made Redis write it again under another id. `T` is the body you
+ * publish, e.g. `FanoutEvent<{ type: 'news', text: string }>`.
  */
-export type FanoutEvent<T extends { type: string } = { type: string, [field: string]: unknown }> = T & { id: string, epoch: string, channel: string }
+export type FanoutEvent<T extends { type: string } = { type: string, [field: string]: unknown }> = T & { id: string, epoch: string, channel: string, uid?: string }
 
 /** The tutorial's event, as the guest publisher makes it. */
 export type GuestEvent = FanoutEvent<{ type: 'guest', guest: string, time: string, ts: number }>

@@ -14,6 +14,7 @@ import { LOSS_SCRIPT, PUBLISH_SCRIPT, REPLAY_START_SCRIPT, streamKeys } from './
 import { slotPipelining } from './slot-pipelines.js'
 import { Subscription, type SubscriptionConnection } from './subscription.js'
 import { newCounters } from './counters.js'
+import { RecentUids } from './recent-uids.js'
 import { brokerLog, type BrokerLog, type LogFn } from './log.js'
 
 export interface RedisBrokerOptions {
@@ -65,6 +66,8 @@ const SUBSCRIBE_BATCH = 1000
 const LINGER_MS = 2000
 /** How many times a loss declaration is tried while Redis refuses it (a failover still settling). */
 const LOSS_ATTEMPTS = 10
+/** Uids of delivered events remembered to recognise a repeat: about 1 MiB at most. */
+const REMEMBERED_UIDS = 16_384
 
 /**
  * Redis fan-out, from its parts: the outbox publishes (exactly once, in order per channel), a
@@ -103,6 +106,8 @@ export class RedisBroker implements Broker {
   #closing = false
   /** Loss declarations on their way, by channel and missing id: one each. */
   readonly #declaring = new Set<string>()
+  /** The uids of the last events delivered here, over all channels (lib/redis/recent-uids.ts). */
+  readonly #delivered = new RecentUids(REMEMBERED_UIDS)
   /** Per Redis server (host:port), the eviction policy it was last found to have, if not `noeviction`. */
   readonly #evicting = new Map<string, string>()
 
@@ -233,7 +238,7 @@ export class RedisBroker implements Broker {
       const keys = this.keys(channel)
       const subscription = new Subscription(() => this.#cmd, keys, (event) => this.#listener(channel, event),
         (gap) => this.#onGap(channel, gap), this.#counters, this.#log, this.#options.rules(channel).historySize,
-        (missing) => { this.#declareLoss(channel, missing).catch(() => {}) })
+        (missing) => { this.#declareLoss(channel, missing).catch(() => {}) }, this.#delivered)
       joined = { name: channel, live: keys.channel, subscription, refs: 0, linger: undefined, subscribeFailures: 0, ready, markReady }
       this.#joined.set(channel, joined)
       this.#byLive.set(joined.live, joined)

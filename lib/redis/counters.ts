@@ -22,6 +22,8 @@ export function newCounters () {
     historyRewinds: 0,
     /** Histories this replica found to have lost events Redis had taken, and declared lost (a new epoch, clients told). */
     lossesDeclared: 0,
+    /** Events that came again under a new id (same uid: a retry written again after a failover), not delivered twice. */
+    repeatsDropped: 0,
     /** Gaps told to clients (`{"type":"gap"}`). */
     gapsReported: 0,
     /** Warnings not logged because their kind was over its rate. */

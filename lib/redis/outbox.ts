@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { CHANNEL_IDLE_GRACE_MS } from '../channels.js'
 import { compareIds, encodeBody, newEpoch, type EventBody } from '../event.js'
 import { delay, retryDelay } from './retry.js'
@@ -15,7 +15,7 @@ export interface PublishingConnection {
 export interface PublishingPipeline {
   fanoutPublish (events: string, meta: string, publisher: string, lease: string, idempotent: string,
     body: string, maxLen: number, channel: string, command: string, counter: number, floor: string, epoch: string,
-    token: string, leaseMs: number, oldestPending: number, name: string, historyAgeMs: number, once: '1' | ''): unknown
+    token: string, leaseMs: number, oldestPending: number, name: string, historyAgeMs: number, once: '1' | '', uid: string): unknown
   wait (replicas: number, timeoutMs: number): unknown
   exec (): Promise<Array<[Error | null, unknown]> | null>
 }
@@ -123,8 +123,11 @@ const PUBLISHER_RECORD_MS = 86_400_000
  * script answers those Redis still has with their ids and writes again those a failover lost.
  */
 export class Outbox {
-  /** Names this publisher's records in Redis; a new one after abandoning events, whose counters go unused. */
-  #publisherId = randomUUID()
+  /**
+   * Names this publisher's records in Redis, and with a counter each event (its uid); a new one
+   * after abandoning events, whose counters go unused.
+   */
+  #publisherId = newPublisherId()
   /** Tells apart the records of a channel forgotten and used again: its counter starts afresh. */
   #generation = 0
   #channels = new Map<string, ChannelState>()
@@ -297,7 +300,7 @@ export class Outbox {
       const once = item.idempotencyKey === undefined ? '' : '1'
       pipeline.fanoutPublish(k.events, k.meta, c.publisherKey, k.lease, once === '' ? c.noIdempotencyKey : k.idempotent(item.idempotencyKey as string), item.body, c.historySize,
         k.channel, this.options.publishCommand, item.counter as number, c.floor, `${epochs}${i.toString(36)}`, lease.token, lease.leaseMs,
-        oldestPending.get(c) as number, c.name, c.historyAgeMs, once)
+        oldestPending.get(c) as number, c.name, c.historyAgeMs, once, `${c.publisherId}.${item.counter as number}`)
     })
     // A WAIT covers its connection's writes up to the last one, and an event answered from the
     // publisher's record was not written now: a write on that record after it (its expiry, set as
@@ -407,7 +410,7 @@ export class Outbox {
     for (const item of items) {
       item.reject(new Error(item.id === undefined ? `dropped: ${reason}` : `not confirmed by replicas: published as ${item.id}, then ${reason}`))
     }
-    this.#publisherId = randomUUID()
+    this.#publisherId = newPublisherId()
     this.#channels.clear()
   }
 
@@ -484,6 +487,11 @@ export class Outbox {
     }
     for (const item of this.#unconfirmed.splice(0)) item.reject(new Error(`broker closed before replicas confirmed event ${item.id as string}`))
   }
+}
+
+/** 72 random bits, 12 characters of base64url: part of every event's uid, so kept short. */
+function newPublisherId (): string {
+  return randomBytes(9).toString('base64url')
 }
 
 /** How long the publish script keeps a channel's publisher record after its last publish. */

@@ -10,7 +10,7 @@ import { LUA_HELD_BY } from './lease.js'
 export interface StreamKeys {
   /** The channel's name, as events carry it. */
   name: string
-  /** The capped history: entries `seq`, `epoch`, `body`, with the event's id as the entry id. */
+  /** The capped history: entries `seq`, `epoch`, `body`, `uid`, with the event's id as the entry id. */
   events: string
   /** One hash for the history's identity: `epoch`, `start` (its first id), `seq`, `last` (id). */
   meta: string
@@ -65,6 +65,9 @@ const PUBLISHER_RECORD_MS = 86_400_000
  *   every key of the channel expires once it has been idle that long plus CHANNEL_IDLE_GRACE_MS.
  * - `#!lua` makes Redis refuse the whole script up front at maxmemory (noeviction), before any write.
  *
+ * - Identified: the event carries `uid`, its publisher's name for it, in the history and live, so a
+ *   replica or a client recognises it when a failover lost the record above and a retry wrote it
+ *   again under another id.
  * - Once per idempotency key, when given: a key seen before answers the id it got, and makes
  *   no event (its counter is still taken, so the publisher's next one follows it).
  *
@@ -72,7 +75,8 @@ const PUBLISHER_RECORD_MS = 86_400_000
  * ARGV: body, maxlen, pub/sub channel, publish command (PUBLISH | SPUBLISH), counter, floor id,
  *       new-epoch name, lease token ('' = not fenced), lease ms, the publisher's oldest counter
  *       still pending (counters below it that never arrived were dropped, not refused),
- *       channel name, history age in ms (0: none), whether KEYS[5] is in use ('1' | '').
+ *       channel name, history age in ms (0: none), whether KEYS[5] is in use ('1' | ''),
+ *       the event's uid (`<publisher>.<counter>`: the same on every retry, whatever id it gets).
  */
 export const PUBLISH_SCRIPT = `#!lua
 ${LUA_HELD_BY}if ARGV[8] ~= '' then
@@ -124,10 +128,11 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local micros = tonumber(time[2]) % 1000
 local id
 if now > lastMs then id = string.format('%d-%d', now, micros) else id = string.format('%d-%d', lastMs, math.max(lastSeq + 1, micros)) end
-local ok, added = pcall(redis.call, 'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'seq', seq, 'epoch', epoch, 'body', ARGV[1])
+local uid = ARGV[14] or ''
+local ok, added = pcall(redis.call, 'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'seq', seq, 'epoch', epoch, 'body', ARGV[1], 'uid', uid)
 if not ok then
   -- The stream outlived its meta and already holds a higher id: let Redis pick the next one.
-  added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'epoch', epoch, 'body', ARGV[1])
+  added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'epoch', epoch, 'body', ARGV[1], 'uid', uid)
 end
 if fresh then
   redis.call('HSET', KEYS[2], 'start', added)
@@ -147,7 +152,7 @@ else
   redis.call('PEXPIRE', KEYS[3], ${PUBLISHER_RECORD_MS})
 end
 if ARGV[13] == '1' then redis.call('SET', KEYS[5], added, 'PX', ${IDEMPOTENCY_MS}) end
-redis.call(ARGV[4], ARGV[3], seq .. ' {"id":"' .. added .. '","epoch":"' .. epoch .. '","channel":"' .. ARGV[11] .. '",' .. string.sub(ARGV[1], 2))
+redis.call(ARGV[4], ARGV[3], seq .. ' {"id":"' .. added .. '","epoch":"' .. epoch .. '","channel":"' .. ARGV[11] .. (uid == '' and '' or ('","uid":"' .. uid)) .. '",' .. string.sub(ARGV[1], 2))
 return added
 `
 
@@ -228,7 +233,7 @@ export interface Entry {
 export function parseEntry ([id, fields]: RawEntry, channel: string): Entry {
   const seq = Number(field(fields, 'seq'))
   const epoch = field(fields, 'epoch')
-  return { id, seq, epoch, event: { id, seq, epoch, data: withId(id, epoch, channel, field(fields, 'body')) } }
+  return { id, seq, epoch, event: { id, seq, epoch, data: withId(id, epoch, channel, field(fields, 'body'), field(fields, 'uid')) } }
 }
 
 function field (fields: string[], name: string): string {

@@ -1,5 +1,6 @@
 import type { Gap, Position as ChannelPosition } from '../broker.js'
-import { compareIds, epochOf, HISTORY_PAGE, idOf, type BrokerEvent } from '../event.js'
+import { compareIds, epochOf, HISTORY_PAGE, idOf, uidOf, type BrokerEvent } from '../event.js'
+import type { RecentUids } from './recent-uids.js'
 import { parseEntry, type Entry, type RawEntry, type StreamKeys } from './stream.js'
 import type { RedisCounters } from './counters.js'
 import type { BrokerLog } from './log.js'
@@ -52,7 +53,9 @@ export class Subscription {
     private readonly log: BrokerLog,
     private readonly maxHeld: number,
     /** An event this replica delivered (`id`) is missing from the history: see LOSS_SCRIPT. */
-    private readonly onLoss: (id: string) => void
+    private readonly onLoss: (id: string) => void,
+    /** What this replica delivered lately, by uid: a repeat under a new id is not delivered again. */
+    private readonly delivered: RecentUids
   ) {}
 
   /** True once the replica knows where it stands in the stream. */
@@ -233,6 +236,14 @@ export class Subscription {
     }
     this.#position = { epoch: entry.epoch, lastId: entry.id, lastSeq: entry.seq }
     this.#resubscribed = false
+    const uid = uidOf(entry.event.data)
+    if (uid !== '' && !this.delivered.add(uid)) {
+      // Its place in the history is taken (the position moved on); its clients have it already.
+      this.counters.repeatsDropped++
+      this.log.warn('repeat', { channel: this.keys.name, id: entry.id, uid },
+        'an event came again under a new id (a publish retried after a failover lost its record): not delivered twice')
+      return true
+    }
     this.listener(entry.event)
     return true
   }

@@ -5,6 +5,8 @@
 // given), declared once, and every client it affects is told: a live one with a `gap` after the
 // last event the history kept, one that was away with `lost: true` on its resume.
 import t, { type Test } from 'tap'
+import { WebSocket } from 'ws'
+import { createClient } from '../../client/index.js'
 import { ask } from '../support/redis-topology.js'
 import { connect, httpStatus, metricValue, run, startServer, tempDir, waitFor, type TestClient } from '../support/helper.js'
 import { freePort } from '../support/free-port.js'
@@ -147,4 +149,55 @@ t.test('events nobody received, lost with the primary: found by the publisher th
   t.equal(client.json('subscribed')[0].lost, true, 'a resume from the last event the history kept: lost: true')
   await client.until((c) => news(c, channel).length === 1, 10_000, 'the event after the failover')
   t.equal(news(client, channel)[0].id, after, 'then the event after the failover')
+})
+
+t.test('a publish whose reply was lost, written again after a lossy failover: recognised by its uid, delivered once', async (t) => {
+  const redis = await lossyRedis(t)
+  // The publisher's own way to Redis, where the replies get lost.
+  const publisherLink = await tcpProxy(t, redis.primary.port)
+  const publisher = await startServer(t, { REDIS_URL: publisherLink.url, PUBLISH_API_KEY: KEY, CANARY_INTERVAL_MS: '300' })
+  const a = await startServer(t, { REDIS_URL: redis.url, CANARY_INTERVAL_MS: '300' })
+  await ready([publisher, a])
+  const channel = 'news:again'
+  const live = await subscribe(t, a, channel)
+  // A client of the library, through a link this test cuts: away while the repeat is written, then back.
+  const clientLink = await tcpProxy(t, a.port)
+  const library = createClient({ url: `ws://127.0.0.1:${clientLink.port}/stream`, WebSocket })
+  t.teardown(() => library.close())
+  const held: Array<{ id: string, uid?: string, n: number }> = []
+  let placed = false
+  library.subscribe<{ type: 'news', n: number }>(channel, { onEvent: (e) => held.push({ id: e.id, uid: e.uid, n: e.n }), onSubscribed: () => { placed = true } })
+  await waitFor(() => placed, 10_000, 'the library client subscribed')
+
+  for (let n = 1; n <= 5; n++) await publish(publisher, channel, n)
+  await waitFor(() => held.length === 5, 10_000, 'the library client to hold 5')
+  await waitFor(async () => Number(await ask(redis.replica, ['XLEN', `fanout:{${channel}}:events`])) === 5, 10_000, 'the replica to hold the first 5')
+
+  // Event 6 runs on the primary and is delivered live; its reply never reaches the publisher.
+  redis.stallReplication()
+  publisherLink.stall()
+  const sixth = publish(publisher, channel, 6)
+  await live.until((c) => news(c, channel).length === 6, 10_000, 'event 6 live')
+  await waitFor(() => held.length === 6, 10_000, 'the library client to hold event 6')
+  const original = news(live, channel)[5] as { id: string, uid: string }
+  t.match(original.uid, /^[\w-]{12}\.\d+\.\d+$/, `events carry the publisher's uid (${original.uid})`)
+  clientLink.retarget(await freePort()) // nothing listens there: the library client is away
+
+  await redis.promote()
+  publisherLink.retarget(redis.replica.port)
+  const again = await sixth
+  t.not(again, original.id, `the retried publish was written again, under a new id (${again} after ${original.id})`)
+  await waitFor(async () => await ask(redis.replica, ['XRANGE', `fanout:{${channel}}:events`, again, again]).then((r) => String(r).includes(original.uid)), 10_000, 'the repeat in the history, with the same uid')
+  for (let n = 7; n <= 8; n++) await publish(publisher, channel, n)
+  await live.until((c) => news(c, channel).length >= 8, 15_000, 'events 7 and 8')
+
+  t.same(news(live, channel).map((e) => e.n), [1, 2, 3, 4, 5, 6, 7, 8], 'the live client: each event once, the repeat not delivered')
+  t.equal(Number(await metricValue(a.url, 'fanout_broker_stat{name="repeatsDropped"}')), 1, 'the replica counted the repeat it held back')
+  await live.until((c) => c.json('gap').length > 0, 30_000, 'a gap notice at the live client')
+  t.same(live.json('gap').map(({ after, reason }) => ({ after, reason })), [{ after: news(live, channel)[4].id, reason: 'history_reset' }],
+    'and the live client is told the history lost what followed event 5 (event 6 under its first id)')
+
+  clientLink.retarget(a.port)
+  await waitFor(() => held.length >= 8, 60_000, 'the library client back, with events 7 and 8')
+  t.same(held.map((e) => e.n), [1, 2, 3, 4, 5, 6, 7, 8], 'the library client resumed past the repeat: it had event 6, under the same uid')
 })

@@ -1,6 +1,6 @@
 // lib/event.ts: event ids, bytes and epochs.
 import t from 'tap'
-import { compareIds, encodeBody, epochOf, ID_PATTERN, idOf, withId } from '../../lib/event.js'
+import { compareIds, encodeBody, epochOf, ID_PATTERN, idOf, uidOf, withId } from '../../lib/event.js'
 
 t.test('event ids and bytes', async (t) => {
   t.ok(ID_PATTERN.test('1764082000000-0'))
@@ -26,4 +26,13 @@ t.test('event ids and bytes', async (t) => {
   t.throws(() => encodeBody({ guest: '张伟' } as never), TypeError, 'type is required')
   t.throws(() => encodeBody({ type: 3 } as never), TypeError, 'type is a string')
   t.throws(() => encodeBody(null as never), TypeError)
+})
+
+t.test('an event\'s uid: spliced after its channel, read back without parsing; a body may not set one', async (t) => {
+  const body = encodeBody({ type: 'news', text: '","uid":"forged' })
+  const data = withId('17-3', 'Ep0ch', 'room:1', body, 'AbC_-123xyz0.0.42')
+  t.same(JSON.parse(data.toString()), { id: '17-3', epoch: 'Ep0ch', channel: 'room:1', uid: 'AbC_-123xyz0.0.42', type: 'news', text: '","uid":"forged' })
+  t.equal(uidOf(data), 'AbC_-123xyz0.0.42')
+  t.equal(uidOf(withId('17-3', 'Ep0ch', 'room:1', body)), '', 'none given: none read, not a lookalike from the body')
+  t.throws(() => encodeBody({ type: 'news', uid: 'mine' }), /"uid"/, 'a body with its own uid is refused')
 })
