@@ -4,6 +4,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import envSchema from 'env-schema'
 import { redisTarget, type RedisTarget, type TargetNames } from './redis/connection.js'
+import { tokenKey, tokensConfigured, type TokenSettings } from './tokens.js'
 
 const Integer = (defaultValue: number, minimum = 0) => Type.Integer({ minimum, default: defaultValue })
 const OptionalInteger = (minimum = 0) => Type.Optional(Type.Integer({ minimum }))
@@ -221,7 +222,19 @@ export function loadEnv (source: NodeJS.ProcessEnv = process.env): Env {
   const env = validate<Env>('configuration', EnvSchema, data, (key) => key, true)
   checkRedisTarget('configuration', { redisUrl: env.REDIS_URL, redisSentinels: env.REDIS_SENTINELS, redisSentinelName: env.REDIS_SENTINEL_NAME, redisClusterNodes: env.REDIS_CLUSTER_NODES }, envName)
   checkDelays('configuration', env.GUEST_MIN_DELAY_MS, env.GUEST_MAX_DELAY_MS, envName)
+  checkTokens('configuration', env, envName)
   return env
+}
+
+/** The signed-token settings, checked together (tokenKey), the errors naming what was set. */
+function checkTokens (what: string, env: Env, name: Namer): void {
+  const settings = settingsFromEnv(env, (key) => key.startsWith('jwt') || key === 'jwksUrl') as TokenSettings
+  if (!tokensConfigured(settings)) return
+  try {
+    tokenKey(settings, name)
+  } catch (err) {
+    throw new ConfigError(`invalid ${what}: ${(err as Error).message}`)
+  }
 }
 
 /** The settings `keep` selects, read from a validated environment, by option name (flattened). */

@@ -54,18 +54,18 @@ export function tokensConfigured (s: TokenSettings): boolean {
  * The key source and the algorithms, checked together; a message naming the settings when they do
  * not fit (two key sources, an HMAC algorithm with a public key, `none`).
  */
-export function tokenKey (s: TokenSettings): { key: KeyObject | JWTVerifyGetKey, algorithms: string[] } {
-  const sources = (['jwtSecret', 'jwtPublicKey', 'jwksUrl'] as const).filter((name) => s[name] !== undefined)
-  if (sources.length !== 1) throw new TokenError(`give one of jwtSecret, jwtPublicKey and jwksUrl, not ${sources.join(' and ')}`)
+export function tokenKey (s: TokenSettings, name: (setting: keyof TokenSettings) => string = (setting) => setting): { key: KeyObject | JWTVerifyGetKey, algorithms: string[] } {
+  const sources = (['jwtSecret', 'jwtPublicKey', 'jwksUrl'] as const).filter((setting) => s[setting] !== undefined)
+  if (sources.length !== 1) throw new TokenError(`give one of ${name('jwtSecret')}, ${name('jwtPublicKey')} and ${name('jwksUrl')}, not ${sources.map(name).join(' and ')}`)
   const allowed = s.jwtSecret !== undefined ? HMAC : ASYMMETRIC
   for (const alg of s.jwtAlgorithms ?? []) {
     if (!allowed.includes(alg)) {
-      throw new TokenError(`jwtAlgorithms has ${JSON.stringify(alg)}, which ${sources[0]} cannot verify (allowed: ${allowed.join(', ')})`)
+      throw new TokenError(`${name('jwtAlgorithms')} has ${JSON.stringify(alg)}, which ${name(sources[0])} cannot verify (allowed: ${allowed.join(', ')})`)
     }
   }
   const chosen = (d: string[]): string[] => s.jwtAlgorithms !== undefined && s.jwtAlgorithms.length > 0 ? [...s.jwtAlgorithms] : d
   if (s.jwtSecret !== undefined) {
-    if (Buffer.byteLength(s.jwtSecret) < 32) throw new TokenError('jwtSecret must be at least 32 bytes (256 bits) for HS256')
+    if (Buffer.byteLength(s.jwtSecret) < 32) throw new TokenError(`${name('jwtSecret')} must be at least 32 bytes (256 bits) for HS256`)
     return { key: createSecretKey(Buffer.from(s.jwtSecret)), algorithms: chosen(['HS256']) }
   }
   if (s.jwtPublicKey !== undefined) {
@@ -74,33 +74,33 @@ export function tokenKey (s: TokenSettings): { key: KeyObject | JWTVerifyGetKey,
       // An environment variable often carries the PEM on one line, its newlines written as backslash-n.
       key = createPublicKey(s.jwtPublicKey.replace(/\\n/g, '\n'))
     } catch (err) {
-      throw new TokenError(`jwtPublicKey is not a PEM public key (SPKI): ${(err as Error).message}`)
+      throw new TokenError(`${name('jwtPublicKey')} is not a PEM public key (SPKI): ${(err as Error).message}`)
     }
-    return { key, algorithms: chosen(defaultAlgorithms(key)) }
+    return { key, algorithms: chosen(defaultAlgorithms(key, name)) }
   }
   let url: URL
   try {
     url = new URL(s.jwksUrl!)
   } catch {
-    throw new TokenError('jwksUrl must be an http(s) URL')
+    throw new TokenError(`${name('jwksUrl')} must be an http(s) URL`)
   }
-  if (!/^https?:$/.test(url.protocol)) throw new TokenError('jwksUrl must be an http(s) URL')
+  if (!/^https?:$/.test(url.protocol)) throw new TokenError(`${name('jwksUrl')} must be an http(s) URL`)
   // A key set fetched in the clear can be replaced on the way, and with it every token forged.
   if (url.protocol === 'http:' && !['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
-    throw new TokenError('jwksUrl must be https (plain http only for a loopback address)')
+    throw new TokenError(`${name('jwksUrl')} must be https (plain http only for a loopback address)`)
   }
   // jose caches the set for 10 minutes, and fetches it again sooner for a key id it does not know
   // (a rotation), at most once every JWKS_COOLDOWN_MS, so random kids cannot make it fetch in a loop.
   return { key: createRemoteJWKSet(url, { cooldownDuration: JWKS_COOLDOWN_MS, cacheMaxAge: 10 * 60_000 }), algorithms: chosen(['RS256', 'ES256', 'EdDSA']) }
 }
 
-function defaultAlgorithms (key: KeyObject): string[] {
+function defaultAlgorithms (key: KeyObject, name: (setting: keyof TokenSettings) => string): string[] {
   switch (key.asymmetricKeyType) {
     case 'rsa': return ['RS256']
     case 'rsa-pss': return ['PS256']
     case 'ec': return [{ 'P-256': 'ES256', 'P-384': 'ES384', 'P-521': 'ES512' }[key.asymmetricKeyDetails?.namedCurve ?? ''] ?? 'ES256']
     case 'ed25519': return ['EdDSA']
-    default: throw new TokenError(`jwtPublicKey is a ${key.asymmetricKeyType ?? 'unknown'} key: give jwtAlgorithms`)
+    default: throw new TokenError(`${name('jwtPublicKey')} is a ${key.asymmetricKeyType ?? 'unknown'} key: give ${name('jwtAlgorithms')}`)
   }
 }
 

@@ -43,6 +43,12 @@ t.test('loadEnv: defaults, and one clear message per bad variable', async (t) =>
   t.match(range.message, /GUEST_MIN_DELAY_MS/)
   t.match(range.message, /GUEST_MAX_DELAY_MS/)
 
+  // Signed-token settings are checked together, and named as they were set.
+  t.equal(configError(() => loadEnv({ JWKS_URL: 'http://keys.example/jwks' })).message,
+    'invalid configuration: JWKS_URL must be https (plain http only for a loopback address)')
+  t.equal(configError(() => loadEnv({ JWT_SECRET: 'x'.repeat(40), JWT_ALGORITHMS: 'RS256' })).message,
+    'invalid configuration: JWT_ALGORITHMS has "RS256", which JWT_SECRET cannot verify (allowed: HS256, HS384, HS512)')
+
   const two = configError(() => loadEnv({ PORT: 'x', METRICS_INTERVAL_MS: 'y' }))
   t.match(two.message, /PORT/)
   t.match(two.message, /METRICS_INTERVAL_MS/)
