@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
 import { ANONYMOUS, Refusal, type Identity } from '../lib/auth.js'
 import type { Client } from '../lib/hub.js'
-import { InboundLimiter } from '../lib/limits.js'
+import { InboundLimiter, TokenBucket } from '../lib/limits.js'
 import { hostAllowed, originAllowed } from '../lib/origins.js'
 import { CloseCode } from '../lib/protocol.js'
 import { UploadError } from '../lib/uploads.js'
@@ -53,7 +53,7 @@ export async function admitConnection (this: FastifyInstance, request: FastifyRe
   // request.ip: the socket's peer, or the client X-Forwarded-For names when trustProxy is on.
   const address = request.ip
   // Checked before authorize too, so a flood from one address costs no authorize calls.
-  if (overAddressLimit(slots, options, address)) return refuseSlot(request, reply, 'address', options.maxConnectionsPerAddress as number)
+  if (overAddressLimit(slots, options, address)) return refuseSlot(request, reply, slots, 'address', options.maxConnectionsPerAddress as number)
   let identity: Identity = ANONYMOUS
   if (authorize !== undefined) {
     const result = await authorize(request)
@@ -69,25 +69,35 @@ export async function admitConnection (this: FastifyInstance, request: FastifyRe
   if (id !== undefined) request.log = request.log.child({ user: id })
   // Again after authorize's await, then taken with no await in between: concurrent handshakes
   // from one address or identity each see the others' slots.
-  if (overAddressLimit(slots, options, address)) return refuseSlot(request, reply, 'address', options.maxConnectionsPerAddress as number)
+  if (overAddressLimit(slots, options, address)) return refuseSlot(request, reply, slots, 'address', options.maxConnectionsPerAddress as number)
   const perIdentity = options.maxConnectionsPerIdentity
   if (id !== undefined && perIdentity !== undefined && (slots.identities.get(id) ?? 0) >= perIdentity) {
-    return refuseSlot(request, reply, 'identity', perIdentity)
+    return refuseSlot(request, reply, slots, 'identity', perIdentity)
   }
   request.fanoutIdentity = identity
   holdSlot(request, reply, slots, address, id)
 }
 
-/** Open connections (admitted, not yet closed) per address and per identity, for the fair-share limits. */
+/**
+ * Open connections (admitted, not yet closed) per address and per identity, for the fair-share
+ * limits; and the rate their refusals are logged at (the counters count them all).
+ */
 interface Slots {
   addresses: Map<string, number>
   identities: Map<string, number>
+  refusalLog: TokenBucket
+  suppressed: number
 }
+// One table per app instance (its core), dropped with it.
 const slotTables = new WeakMap<object, Slots>()
+const SLOT_LOGS_PER_SEC = 5
 
 function slotsOf (core: object): Slots {
   let slots = slotTables.get(core)
-  if (slots === undefined) slotTables.set(core, slots = { addresses: new Map(), identities: new Map() })
+  if (slots === undefined) {
+    slots = { addresses: new Map(), identities: new Map(), refusalLog: new TokenBucket(SLOT_LOGS_PER_SEC, SLOT_LOGS_PER_SEC), suppressed: 0 }
+    slotTables.set(core, slots)
+  }
   return slots
 }
 
@@ -96,24 +106,18 @@ function overAddressLimit (slots: Slots, options: { maxConnectionsPerAddress?: n
   return limit !== undefined && (slots.addresses.get(address) ?? 0) >= limit
 }
 
-// Refusals over a limit are logged at most this often a second per replica; the counters count them all.
-const SLOT_LOGS_PER_SEC = 5
-const slotLog = { second: 0, lines: 0, suppressed: 0 }
-
-function refuseSlot (request: FastifyRequest, reply: FastifyReply, over: 'address' | 'identity', limit: number): FastifyReply {
+function refuseSlot (request: FastifyRequest, reply: FastifyReply, slots: Slots, over: 'address' | 'identity', limit: number): FastifyReply {
   const { stats } = coreOf(request.server)
   stats.handshakesRefused++
   if (over === 'address') stats.addressLimited++
   else stats.identityLimited++
-  const second = Math.floor(Date.now() / 1000)
-  if (second !== slotLog.second) Object.assign(slotLog, { second, lines: 0 })
-  if (slotLog.lines++ < SLOT_LOGS_PER_SEC) {
-    const { suppressed } = slotLog
-    slotLog.suppressed = 0
+  if (slots.refusalLog.take()) {
+    const { suppressed } = slots
+    slots.suppressed = 0
     request.log.warn({ address: request.ip, limit, ...(suppressed > 0 ? { suppressed } : {}) },
       `${kind(request)} refused: ${over === 'address' ? 'MAX_CONNECTIONS_PER_ADDRESS' : 'MAX_CONNECTIONS_PER_IDENTITY'} reached`)
   } else {
-    slotLog.suppressed++
+    slots.suppressed++
   }
   const error = over === 'address' ? 'too many connections from this address' : 'too many connections for this identity'
   return reply.code(429).header('retry-after', '5').send({ error, code: `${over}_limit`, limit })
