@@ -2,6 +2,7 @@
 // clients want (and lets go after the linger); every subscriber of 1,000 channels gets each event of
 // its channels once and in order through killed subscriptions and a Redis restart; idle channels
 // expire; every key of a channel carries its {channel} hash tag.
+import { once } from 'node:events'
 import { createRequire } from 'node:module'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
@@ -9,7 +10,7 @@ import t, { type Test } from 'tap'
 import { CHANNEL_IDLE_GRACE_MS } from '../../lib/channels.js'
 import { compareIds } from '../../lib/event.js'
 import { checkEveryChannel, subscriber } from '../support/channels.js'
-import { build, httpStatus, startRedis, waitFor, type TestApp, type TestClient, type TestRedis } from '../support/helper.js'
+import { build, connect, httpStatus, startRedis, waitFor, type TestApp, type TestClient, type TestRedis } from '../support/helper.js'
 
 type Tap = Test
 
@@ -361,4 +362,15 @@ t.test('a reconnect while Redis refuses one channel: that channel is not told su
   const id = await publisher.app.fanout.publish(allowed, { type: 'chat', n: 1 })
   await client.until((c) => c.json('chat').length > 0, 10_000, 'the allowed channel\'s event')
   t.same(client.json('chat').map((e) => e.id), [id], 'the allowed channel still delivers after the reconnect')
+})
+
+t.test('/guest while Redis refuses the guest channel: closed 1013 (try again later), logged', async (t) => {
+  const redis = await startRedis(t)
+  // The canary's channels only: the replica is ready, but the guest stream's SUBSCRIBE is refused.
+  await redis.cli('ACL', 'SETUSER', 'narrow', 'on', '>narrow-secret', '~*', '+@all', 'resetchannels', '&fanout:{guest}:canary:*')
+  const narrow = await replica(t, { redisUrl: `redis://narrow:narrow-secret@127.0.0.1:${redis.port}` })
+  const client = await connect(t, `${narrow.ws}/guest`)
+  const [code, reason] = await once(client.socket, 'close') as [number, Buffer]
+  t.same({ code, reason: reason.toString() }, { code: 1013, reason: 'channel unavailable' }, 'closed: try again later')
+  t.ok(narrow.logs.lines.some((l) => l.msg === 'subscribe failed: the guest channel is unavailable now'), 'logged')
 })
