@@ -1,9 +1,13 @@
-// The machinery of the Swarm test (test/swarm/swarm.test.ts): a swarm of this test's own on the
-// local engine (refused if the engine is already in one), a stack deployed from deploy/stack.yml
-// under a unique name, and at teardown, whatever happens, `docker stack rm`, its volumes, and
-// `docker swarm leave --force`.
+// The machinery of the Swarm tests (test/swarm/): a swarm of this test's own on the local engine
+// (refused if the engine is already in one), a stack deployed from deploy/stack.yml (and any
+// override, such as deploy/stack-sentinel.yml) under a unique name, and at teardown, whatever
+// happens, `docker stack rm`, its volumes, and `docker swarm leave --force`. Also a client of the
+// client library that records what it receives, as the tests connect many of them.
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { WebSocket } from 'ws'
+import { createClient, type FanoutClient } from '../../client/index.js'
+import type { Received } from './audit.js'
 import { ROOT } from './helper.js'
 import { answers, sh } from './compose.js'
 
@@ -36,7 +40,7 @@ export async function poll<T> (fn: () => T | Promise<T>, timeoutMs: number, what
 
 export interface Stack {
   name: string
-  /** `docker stack deploy` of deploy/stack.yml with `env` for its variables. */
+  /** `docker stack deploy` of the stack's files (deploy/stack.yml by default) with `env` for their variables. */
   deploy (): Promise<number>
   /** The running containers of one service on this node. */
   containers (service: string): Promise<string[]>
@@ -52,8 +56,16 @@ export interface Stack {
 
 const lines = (stdout: string): string[] => stdout.split('\n').map((l) => l.trim()).filter(Boolean)
 
+export interface StackOptions {
+  /** The compose files, in order, relative to the repository (later ones override). */
+  files?: string[]
+  /** The services whose tasks and last log lines are printed when a check failed. */
+  services?: string[]
+}
+
 /** `docker swarm init` now; the stack `name` deployable; everything removed at teardown. */
-export async function swarmStack (t: Tap, name: string, env: NodeJS.ProcessEnv): Promise<Stack> {
+export async function swarmStack (t: Tap, name: string, env: NodeJS.ProcessEnv, options: StackOptions = {}): Promise<Stack> {
+  const { files = ['deploy/stack.yml'], services = ['app', 'worker', 'lb'] } = options
   const hadGwbridge = (await sh('docker', ['network', 'ls', '-q', '--filter', 'name=^docker_gwbridge$'])).stdout.trim() !== ''
   const init = await sh('docker', ['swarm', 'init', '--advertise-addr', '127.0.0.1'])
   t.comment(`docker swarm init --advertise-addr 127.0.0.1: ${init.ms} ms`)
@@ -62,7 +74,7 @@ export async function swarmStack (t: Tap, name: string, env: NodeJS.ProcessEnv):
   const stack: Stack = {
     name,
     async deploy () {
-      const { ms } = await sh('docker', ['stack', 'deploy', '--resolve-image', 'never', '-c', join(ROOT, 'deploy/stack.yml'), name], {
+      const { ms } = await sh('docker', ['stack', 'deploy', '--resolve-image', 'never', ...files.flatMap((f) => ['-c', join(ROOT, f)]), name], {
         env: { ...process.env, ...env }
       })
       return ms
@@ -109,7 +121,7 @@ export async function swarmStack (t: Tap, name: string, env: NodeJS.ProcessEnv):
   }
   t.teardown(async () => {
     if (!t.passing() && !removed) {
-      for (const service of ['app', 'worker', 'lb']) {
+      for (const service of services) {
         const ps = await sh('docker', ['service', 'ps', '--no-trunc', `${name}_${service}`]).catch((err) => ({ stdout: err.message }))
         const logs = await sh('docker', ['service', 'logs', '--tail', '20', `${name}_${service}`]).catch((err) => ({ stdout: err.message }))
         console.error(`# ${name}_${service} (a check failed):\n${ps.stdout}\n${logs.stdout}`)
@@ -118,4 +130,52 @@ export async function swarmStack (t: Tap, name: string, env: NodeJS.ProcessEnv):
     await stack.remove()
   })
   return stack
+}
+
+/**
+ * A client of the client library on /guest (`single: 'guest'`), as the demo page is: it reconnects
+ * and resumes by itself; every event its `onEvent` delivers and every notice is recorded.
+ */
+export class LibraryFollower {
+  failedOpens = 0
+  readonly ids: string[] = []
+  /** Arrival time of each event (ms), parallel to `ids`. */
+  readonly at: number[] = []
+  /** Events and loss notices in the order they came (test/support/audit.ts). */
+  readonly order: Received = []
+  /** When it was closed (ms). */
+  readonly closes: number[] = []
+  #client?: FanoutClient
+
+  constructor (readonly url: string) {}
+
+  async start (): Promise<void> {
+    const client = createClient({ url: this.url, single: 'guest', WebSocket: WebSocket as never, EventSource: false })
+    this.#client = client
+    let opened = false
+    client.on((notice) => {
+      if (notice.type !== 'state') return
+      if (notice.state === 'open') opened = true
+      if (notice.state === 'reconnecting') {
+        if (opened) this.closes.push(Date.now())
+        else this.failedOpens++
+        opened = false
+      }
+    })
+    client.subscribe<{ type: string }>('guest', {
+      onEvent: (e) => { this.order.push({ id: e.id }); this.ids.push(e.id); this.at.push(Date.now()) },
+      onGap: (gap) => { this.order.push({ lostAfter: gap.after ?? null }) },
+      onLost: () => { this.order.push({ lostAfter: this.ids.at(-1) ?? null }) }
+    })
+    await poll(() => client.state === 'open', 30_000, 'the library client to open', 50).catch(() => {})
+  }
+
+  stop (): void {
+    this.#client?.close()
+  }
+
+  /** An event arrived after `since` (ms). */
+  liveAfter (since: number): boolean {
+    return (this.at.at(-1) ?? 0) > since
+  }
 }

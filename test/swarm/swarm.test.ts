@@ -3,21 +3,23 @@
 // nginx's host-mode port. While events flow: a rolling update of the app replicas, one replica's
 // container killed (Swarm reschedules it), a rolling update of the workers (the lease handed over).
 // Every client must end with every event of the stream exactly once and in order, be live again
-// after each step, and the update never runs fewer ready replicas than replicas - 1. Then
-// `docker stack rm` and `docker swarm leave --force` leave nothing behind.
+// after each step, and the update never runs fewer ready replicas than replicas - 1. Through the
+// app update a real headless Chromium watches the demo page through nginx, as an operator would:
+// afterwards the page must have shown every event of the stream since it connected, once each, in
+// order. Then `docker stack rm` and `docker swarm leave --force` leave nothing behind.
 //
 // Refuses (skips) when the engine is already in a swarm it did not create. SWARM_CLIENTS sets the
 // number of raw protocol clients (default 2000), SWARM_LIBRARY_CLIENTS the number of clients of the
 // client library (`fastify-fanout/client`, default 100) connected beside them.
 import { createHash, randomBytes } from 'node:crypto'
+import { chromium } from 'playwright-core'
 import t, { type Test } from 'tap'
 import { WebSocket } from 'ws'
-import { createClient, type FanoutClient } from '../../client/index.js'
 import { compareIds } from '../../lib/event.js'
 import { receivedOf, untold, type Received as Order } from '../support/audit.js'
 import { buildImages, sh } from '../support/compose.js'
 import { freePort, httpStatus } from '../support/helper.js'
-import { poll, swarmStack, swarmUnavailable, type Stack } from '../support/swarm.js'
+import { LibraryFollower, poll, swarmStack, swarmUnavailable, type Stack } from '../support/swarm.js'
 
 t.setTimeout(15 * 60_000)
 
@@ -98,50 +100,6 @@ class Follower implements Recorder {
   }
 
   /** An event arrived after `since` (ms). */
-  liveAfter (since: number): boolean {
-    return (this.at.at(-1) ?? 0) > since
-  }
-}
-
-/**
- * A client of the client library on /guest (`single: 'guest'`), as the demo page is: it reconnects
- * and resumes by itself; every event its `onEvent` delivers and every notice is recorded.
- */
-class LibraryFollower implements Recorder {
-  failedOpens = 0
-  readonly ids: string[] = []
-  readonly at: number[] = []
-  readonly order: Order = []
-  readonly closes: number[] = []
-  #client?: FanoutClient
-
-  constructor (readonly url: string) {}
-
-  async start (): Promise<void> {
-    const client = createClient({ url: this.url, single: 'guest', WebSocket: WebSocket as never, EventSource: false })
-    this.#client = client
-    let opened = false
-    client.on((notice) => {
-      if (notice.type !== 'state') return
-      if (notice.state === 'open') opened = true
-      if (notice.state === 'reconnecting') {
-        if (opened) this.closes.push(Date.now())
-        else this.failedOpens++
-        opened = false
-      }
-    })
-    client.subscribe<{ type: string }>('guest', {
-      onEvent: (e) => { this.order.push({ id: e.id }); this.ids.push(e.id); this.at.push(Date.now()) },
-      onGap: (gap) => { this.order.push({ lostAfter: gap.after ?? null }) },
-      onLost: () => { this.order.push({ lostAfter: this.ids.at(-1) ?? null }) }
-    })
-    await poll(() => client.state === 'open', 30_000, 'the library client to open', 50).catch(() => {})
-  }
-
-  stop (): void {
-    this.#client?.close()
-  }
-
   liveAfter (since: number): boolean {
     return (this.at.at(-1) ?? 0) > since
   }
@@ -245,7 +203,36 @@ t.test('deploy/stack.yml on Docker Swarm: rolling updates lose nothing', { skip:
     t.equal(followers.filter((f) => f.ids.length > 0).length, CLIENTS, `all ${CLIENTS} clients receive events`)
   })
 
-  await t.test('a rolling update of the app (start-first, one at a time) under load', async (t) => {
+  await t.test('a rolling update of the app (start-first, one at a time) under load, the demo page open', async (t) => {
+    // The operator's trial: the demo page open in a browser through the update.
+    const browser = await chromium.launch({
+      executablePath: '/usr/bin/chromium',
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking']
+    })
+    t.teardown(() => browser.close())
+    const page = await (await browser.newContext()).newPage()
+    const errors: Error[] = []
+    page.on('pageerror', (err) => errors.push(err))
+    // Every row the page adds to its list of guests, in order (it shows only the newest 50), and
+    // every state it shows, recorded in this process: a reload cannot wipe the record.
+    const rendered: string[] = []
+    const states: string[] = []
+    await page.exposeFunction('recordRow', (id: string) => rendered.push(id))
+    await page.exposeFunction('recordState', (text: string) => states.push(text))
+    await page.addInitScript(() => {
+      const w = window as unknown as { recordRow (id: string): void, recordState (text: string): void }
+      new MutationObserver((records) => {
+        for (const r of records) {
+          const target = r.target instanceof Element ? r.target : r.target.parentElement
+          if (target?.id === 'guests') for (const node of r.addedNodes) if (node instanceof HTMLElement && node.dataset.id) w.recordRow(node.dataset.id)
+          if (target?.id === 'state') w.recordState(target.textContent ?? '')
+        }
+      }).observe(document, { childList: true, characterData: true, subtree: true })
+    })
+    await page.goto(`${http}/`)
+    await poll(() => rendered.length > 0, 30_000, 'the demo page to show a guest', 100)
+    const pageFirst = rendered[0]
+
     const since = Date.now()
     const update = await rollingUpdate('app', ['--image', IMAGE_V2, '--force'])
     const live = await allLiveAfter(Date.now(), 'the app update')
@@ -262,6 +249,21 @@ t.test('deploy/stack.yml on Docker Swarm: rolling updates lose nothing', { skip:
     t.same(images, Array(REPLICAS).fill(IMAGE_V2), `all ${REPLICAS} app containers run ${IMAGE_V2}`)
     t.equal(closed, CLIENTS, 'every client was moved (its replica was replaced), so each resumed at least once')
     await sameLb(t, 'the app update')
+
+    // The page: everything the stream holds from its first guest to the newest, shown once each, in order.
+    const newest = /^\d+-\d+$/m.exec(await redisCli('XREVRANGE', STREAM, '+', '-', 'COUNT', '1'))?.[0] as string
+    await poll(() => compareIds(rendered.at(-1) ?? '0-0', newest) >= 0, LIVE_AGAIN_MS, `the page to show ${newest}`, 100)
+    const shown = rendered.filter((id) => compareIds(id, newest) <= 0)
+    const stored = (await redisCli('XRANGE', STREAM, pageFirst, newest)).split('\n').map((l) => l.trim()).filter((l) => /^\d+-\d+$/.test(l))
+    const seen = new Set(shown)
+    t.comment(`the demo page: ${rendered.length} guests shown, ${stored.length} in the stream from its first (${pageFirst}) to ${newest}; ` +
+      `its states: ${[...new Set(states)].join(' | ')}; its note: ${await page.locator('#recovered').textContent()}`)
+    t.ok(states.some((s) => s.startsWith('disconnected')), 'the update moved the page: it showed itself disconnected, then reconnected')
+    t.same(shown, stored, `the demo page showed every event of the stream since it connected (${stored.length}), once each, in order ` +
+      `(${stored.filter((id) => !seen.has(id)).length} missing, ${shown.length - seen.size} twice)`)
+    t.match(await page.locator('#recovered').textContent(), /^Reconnected: recovered \d+ missed events?\.$/, 'its note: a resume, nothing lost')
+    t.equal(await page.locator('#count').textContent(), String(rendered.length), 'its arrivals count agrees')
+    t.same(errors, [], 'no errors in the page')
   })
 
   await t.test('a replica\'s container killed: Swarm starts another, its clients come back', async (t) => {
