@@ -6,7 +6,7 @@
 import { execFile } from 'node:child_process'
 import { copyFileSync, chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { readdir, statfs } from 'node:fs/promises'
-import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
+import { request as httpRequest } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -17,15 +17,13 @@ import fanout, { type FanoutOptions } from '../../app.js'
 import fanoutDemo from '../../demo/plugin.js'
 import { STANDALONE } from '../../lib/options.js'
 import { ownPath } from '../support/children.js'
-import { build, connect, freePort, LogCapture, missing, ROOT, run, tempDir, waitFor, type TestClient } from '../support/helper.js'
+import { answerOf, build, connect, freePort, LogCapture, missing, ROOT, run, tempDir, waitFor, type Answer, type TestClient } from '../support/helper.js'
 import { handshakeStatus, RawClient, refusal } from '../support/raw-ws.js'
 import { coreOf } from '../../plugins/fanout.js'
 
 const exec = promisify(execFile)
 const PNG = Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'), Buffer.alloc(64, 7)])
 type Tap = Parameters<typeof tempDir>[0]
-
-interface Answer { status: number, headers: IncomingHttpHeaders, body: string }
 
 /**
  * One plain HTTP request with exactly these headers (Host included, which fetch will not set),
@@ -34,15 +32,7 @@ interface Answer { status: number, headers: IncomingHttpHeaders, body: string }
 async function get (port: number, path: string, headers: Record<string, string> = {}): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = httpRequest({ host: '127.0.0.1', port, path, headers: { host: `127.0.0.1:${port}`, ...headers }, agent: false }, (res) => {
-      if (res.statusCode === 200 && String(res.headers['content-type']).startsWith('text/event-stream')) {
-        resolve({ status: 200, headers: res.headers, body: '' })
-        res.destroy()
-        return
-      }
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (chunk: string) => { body += chunk })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+      answerOf(res).then(resolve, reject)
     })
     req.on('error', reject)
     req.end()

@@ -2,6 +2,7 @@
 // processes, WebSocket clients that record what they get. Everything registers its own teardown.
 import { spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import { connect as netConnect, createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -376,4 +377,22 @@ export async function redisProxy (t: Tap, redisPort: number): Promise<RedisProxy
       return { count: held.length, release: () => { for (const { client, upstream } of held) upstream.pipe(client) } }
     }
   }
+}
+
+/** An HTTP answer as a test reads it. */
+export interface Answer { status: number, headers: IncomingHttpHeaders, body: string }
+
+/** Reads a response to its end; an admitted event stream (it never ends) only up to its headers. */
+export function answerOf (res: IncomingMessage): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    if (res.statusCode === 200 && String(res.headers['content-type']).startsWith('text/event-stream')) {
+      res.destroy()
+      return resolve({ status: 200, headers: res.headers, body: '' })
+    }
+    let body = ''
+    res.setEncoding('utf8')
+    res.on('data', (chunk: string) => { body += chunk })
+    res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+    res.on('error', reject)
+  })
 }

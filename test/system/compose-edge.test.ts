@@ -5,12 +5,12 @@
 // /metrics; a spoofed X-Forwarded-For against the per-address cap; the demo page's headers; an
 // empty upload. Each refusal is the one docs/security.md names. Needs what compose.test.ts needs.
 import { randomBytes } from 'node:crypto'
-import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
+import { request as httpRequest } from 'node:http'
 import { SignJWT, UnsecuredJWT } from 'jose'
 import t from 'tap'
 import { WebSocket } from 'ws'
 import { buildImages, composeProject, getFrom, sh, unavailable } from '../support/compose.js'
-import { freePort, httpStatus, TestClient, waitFor } from '../support/helper.js'
+import { answerOf, freePort, httpStatus, TestClient, waitFor, type Answer } from '../support/helper.js'
 import { openSse } from '../support/sse.js'
 
 t.setTimeout(25 * 60_000)
@@ -25,7 +25,6 @@ const REPLICAS = 3
 const PER_ADDRESS = 3
 
 type Json = Record<string, unknown>
-interface Answer { status: number, headers: IncomingHttpHeaders, body: string }
 
 const now = (): number => Math.floor(Date.now() / 1000)
 
@@ -64,15 +63,7 @@ t.test('the compose topology with its security settings on, attacked through ngi
   const request = async (method: string, path: string, headers: Record<string, string> = {}): Promise<Answer> =>
     new Promise((resolve, reject) => {
       const req = httpRequest({ host: '127.0.0.1', port: lbPort, method, path, agent: false, headers: { host, ...headers } }, (res) => {
-        // An admitted event stream: its headers are the answer.
-        if (String(res.headers['content-type']).startsWith('text/event-stream')) {
-          res.destroy()
-          return resolve({ status: res.statusCode ?? 0, headers: res.headers, body: '' })
-        }
-        let body = ''
-        res.setEncoding('utf8')
-        res.on('data', (chunk: string) => { body += chunk })
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+        answerOf(res).then(resolve, reject)
       })
       req.on('error', reject)
       req.end()
@@ -93,12 +84,7 @@ t.test('the compose topology with its security settings on, attacked through ngi
         socket.destroy()
         resolve({ status: res.statusCode ?? 0, headers: res.headers, body: '' })
       })
-      req.on('response', (res) => {
-        let body = ''
-        res.setEncoding('utf8')
-        res.on('data', (chunk: string) => { body += chunk })
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
-      })
+      req.on('response', (res) => { answerOf(res).then(resolve, reject) })
       req.on('error', reject)
       req.end()
     })
