@@ -211,13 +211,27 @@ function leaveReplacedPrimary (client: Redis, target: { sentinels: HostPort[], n
   client.once('end', () => { for (const watcher of watchers) watcher.disconnect() })
 }
 
-/** Closes a connection: QUIT when it is up (what was sent is answered first), else at once. */
+/** The longest a QUIT waits for its answer before the connection is simply dropped. */
+const QUIT_WAIT_MS = 3000
+
+/**
+ * Closes a connection: QUIT when it is up (what was sent is answered first), else at once. A
+ * QUIT that is not answered in QUIT_WAIT_MS (a Cluster node that hangs, or is never reached)
+ * drops the connection instead: a close must end.
+ */
 export async function quit (client: Redis | Cluster | undefined): Promise<void> {
   if (!client) return
+  if (client.status !== 'ready') {
+    client.disconnect()
+    return
+  }
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<'late'>((resolve) => { timer = setTimeout(() => resolve('late'), QUIT_WAIT_MS) })
   try {
-    if (client.status === 'ready') await client.quit()
-    else client.disconnect()
+    if (await Promise.race([client.quit(), late]) === 'late') client.disconnect()
   } catch {
     client.disconnect()
+  } finally {
+    clearTimeout(timer)
   }
 }

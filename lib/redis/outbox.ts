@@ -481,7 +481,8 @@ export class Outbox {
     while (this.length > 0 && this.redis().status === 'ready' && Date.now() < deadline) await delay(10)
     this.#closed = true
     this.#wake()
-    await this.#sending
+    // Its replies may yet confirm events; a node that never answers must not hold the close for ever.
+    await Promise.race([this.#sending, delay(CLOSE_WAIT_MS)])
     for (const item of this.#items.splice(0)) {
       item.reject(new Error(item.id === undefined ? 'broker closed before Redis took the event' : `broker closed before replicas confirmed event ${item.id}`))
     }
@@ -493,6 +494,9 @@ export class Outbox {
 function newPublisherId (): string {
   return randomBytes(9).toString('base64url')
 }
+
+/** The longest a close waits for the replies of the batch on its way. */
+const CLOSE_WAIT_MS = 5000
 
 /** How long the publish script keeps a channel's publisher record after its last publish. */
 function recordTtl (channel: ChannelState): number {

@@ -83,7 +83,7 @@ export async function build (t: Tap, options: FanoutOptions & Omit<DemoOptions, 
     uploadDir
   })
   await app.register(fanoutDemo, { publisher, askPath, demoPath, prefix: plugin.prefix })
-  t.teardown(() => app.close())
+  t.teardown(() => closeWatched(app))
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
   return { app, port, url: `http://127.0.0.1:${port}`, ws: `ws://127.0.0.1:${port}`, logs, uploadDir }
@@ -395,4 +395,24 @@ export function answerOf (res: IncomingMessage): Promise<Answer> {
     res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
     res.on('error', reject)
   })
+}
+
+/**
+ * `app.close()`, saying on stderr what is still open if it takes longer than it ever should: a
+ * close that hangs otherwise shows only as the file's timeout, minutes later, with no clue.
+ */
+async function closeWatched (app: FastifyInstance): Promise<void> {
+  const watch = setTimeout(() => {
+    const handles = (process as unknown as { _getActiveHandles (): object[] })._getActiveHandles()
+    process.stderr.write(`# app.close() still running after 20 s; open handles: ${handles.map((h) => {
+      const socket = h as { remotePort?: number }
+      return socket.remotePort !== undefined ? `${h.constructor.name}(:${socket.remotePort})` : h.constructor.name
+    }).join(', ')}\n`)
+  }, 20_000)
+  watch.unref()
+  try {
+    await app.close()
+  } finally {
+    clearTimeout(watch)
+  }
 }
