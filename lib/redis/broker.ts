@@ -368,12 +368,15 @@ export class RedisBroker implements Broker {
    * Any `maxmemory-policy` but `noeviction` lets Redis evict what exactness rests on (a history,
    * its meta, a publisher's dedupe record, the worker lease: the volatile-* policies take those with
    * an expiry, which they all have). What is lost then is told (a new epoch, a gap), and order is
-   * kept (PUBLISH_SCRIPT), but a retry after a lost reply may make a second event: said once per
+   * kept (PUBLISH_SCRIPT), but a retry after a lost reply may write an event twice (its uid tells
+   * the two apart): said once per
    * server until it changes, and shown as `evictingServers`; looked at on each new connection.
    * CONFIG refused (some managed Redis): said, at info.
    */
   async #checkEviction (server: Redis): Promise<void> {
-    const where = `${server.options.host ?? ''}:${server.options.port ?? ''}`
+    // Where it is really connected (behind Sentinel, options.host is not the primary's).
+    const remote = server.stream?.remoteAddress
+    const where = remote !== undefined ? `${remote}:${server.stream.remotePort ?? ''}` : `${server.options.host ?? ''}:${server.options.port ?? ''}`
     let policy: string
     try {
       const reply = await server.config('GET', 'maxmemory-policy') as string[]
@@ -391,7 +394,7 @@ export class RedisBroker implements Broker {
     this.#evicting.set(where, policy)
     if (before !== policy) {
       this.#log.error({ redis: where, policy },
-        'redis may evict histories, dedupe records and the worker lease (maxmemory-policy is not noeviction): losses are told, but a retried publish may repeat; set maxmemory-policy noeviction')
+        'redis may evict histories, dedupe records and the worker lease (maxmemory-policy is not noeviction): losses are told, but a retried publish may be written twice; set maxmemory-policy noeviction')
     }
   }
 
