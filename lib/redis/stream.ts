@@ -76,7 +76,7 @@ const PUBLISHER_RECORD_MS = 86_400_000
  *       new-epoch name, lease token ('' = not fenced), lease ms, the publisher's oldest counter
  *       still pending (counters below it that never arrived were dropped, not refused),
  *       channel name, history age in ms (0: none), whether KEYS[5] is in use ('1' | ''),
- *       the event's uid (`<publisher>.<counter>`: the same on every retry, whatever id it gets).
+ *       the event's uid (`<publisher>.<n>.<counter>`: the same on every retry, whatever id it gets).
  */
 export const PUBLISH_SCRIPT = `#!lua
 ${LUA_HELD_BY}if ARGV[8] ~= '' then
