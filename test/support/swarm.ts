@@ -56,6 +56,21 @@ export interface Stack {
 
 const lines = (stdout: string): string[] => stdout.split('\n').map((l) => l.trim()).filter(Boolean)
 
+/**
+ * The variables both Swarm tests deploy with: their image and port, a guest event every 200-400 ms,
+ * a 3 s lease, and a history that holds the whole run (the checks read it all back from the stream).
+ */
+export function testStackEnv (image: string, lbPort: number): NodeJS.ProcessEnv {
+  return {
+    FANOUT_IMAGE: image,
+    LB_PORT: String(lbPort),
+    GUEST_MIN_DELAY_MS: '200',
+    GUEST_MAX_DELAY_MS: '400',
+    WORKER_LEASE_MS: '3000',
+    HISTORY_SIZE: '20000'
+  }
+}
+
 export interface StackOptions {
   /** The compose files, in order, relative to the repository (later ones override). */
   files?: string[]

@@ -16,7 +16,7 @@ import { compareIds } from '../../lib/event.js'
 import { untold } from '../support/audit.js'
 import { buildImages, sh } from '../support/compose.js'
 import { freePort, httpStatus } from '../support/helper.js'
-import { LibraryFollower, poll, swarmStack, swarmUnavailable, type Stack } from '../support/swarm.js'
+import { LibraryFollower, poll, swarmStack, testStackEnv, swarmUnavailable, type Stack } from '../support/swarm.js'
 
 t.setTimeout(10 * 60_000)
 
@@ -39,15 +39,7 @@ t.test('deploy/stack-sentinel.yml on Docker Swarm: the Redis primary killed, not
   const lbPort = await freePort()
   const followers: LibraryFollower[] = []
   t.teardown(() => { for (const f of followers) f.stop() })
-  const stack: Stack = await swarmStack(t, `fanoutss${process.pid}`, {
-    FANOUT_IMAGE: IMAGE,
-    LB_PORT: String(lbPort),
-    GUEST_MIN_DELAY_MS: '200',
-    GUEST_MAX_DELAY_MS: '400',
-    WORKER_LEASE_MS: '3000',
-    // The whole run stays in the history, so the check reads it all back from the stream.
-    HISTORY_SIZE: '20000'
-  }, {
+  const stack: Stack = await swarmStack(t, `fanoutss${process.pid}`, testStackEnv(IMAGE, lbPort), {
     files: ['deploy/stack.yml', 'deploy/stack-sentinel.yml'],
     services: ['redis', 'redis-replica', ...SENTINELS, 'app', 'worker', 'lb']
   })

@@ -19,7 +19,7 @@ import { compareIds } from '../../lib/event.js'
 import { receivedOf, untold, type Received as Order } from '../support/audit.js'
 import { buildImages, sh } from '../support/compose.js'
 import { freePort, httpStatus } from '../support/helper.js'
-import { LibraryFollower, poll, swarmStack, swarmUnavailable, type Stack } from '../support/swarm.js'
+import { LibraryFollower, poll, swarmStack, testStackEnv, swarmUnavailable, type Stack } from '../support/swarm.js'
 
 t.setTimeout(15 * 60_000)
 
@@ -117,15 +117,7 @@ t.test('deploy/stack.yml on Docker Swarm: rolling updates lose nothing', { skip:
   const lbPort = await freePort()
   const followers: Recorder[] = []
   t.teardown(() => { for (const f of followers) f.stop() })
-  const stack: Stack = await swarmStack(t, `fanoutsw${process.pid}`, {
-    FANOUT_IMAGE: IMAGE,
-    LB_PORT: String(lbPort),
-    GUEST_MIN_DELAY_MS: '200',
-    GUEST_MAX_DELAY_MS: '400',
-    WORKER_LEASE_MS: '3000',
-    // The whole run stays in the history, so the check reads it all back from the stream.
-    HISTORY_SIZE: '20000'
-  })
+  const stack: Stack = await swarmStack(t, `fanoutsw${process.pid}`, testStackEnv(IMAGE, lbPort))
   const http = `http://127.0.0.1:${lbPort}`
 
   await buildImages(t, IMAGE)
