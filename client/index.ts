@@ -168,8 +168,12 @@ interface Channel {
   sent?: boolean
   /** Its subscribe command awaits the answer. */
   asked?: boolean
-  /** The uids of its last events: one published again under a new id after a failover is dropped. */
-  uids?: Set<string>
+  /**
+   * The uids of its last events: one published again under a new id after a failover is dropped.
+   * `order` holds them as they came, the oldest at `next` once full (a Set's first entry deleted
+   * leaves a hole that every later lookup of the first walks past).
+   */
+  uids?: { seen: Set<string>, order: string[], next: number }
 }
 
 /** Uids remembered per channel: a repeat follows its original within the publisher's retry. */
@@ -449,10 +453,13 @@ export function createClient (options: ClientOptions): FanoutClient {
       ch.position = m.id
       ch.epoch = m.epoch
       if (typeof m.uid === 'string') {
-        const uids = ch.uids ??= new Set()
-        if (uids.has(m.uid)) return // had it already, under the id it had before a failover
-        uids.add(m.uid)
-        if (uids.size > REMEMBERED_UIDS) uids.delete(uids.values().next().value as string)
+        const uids = ch.uids ??= { seen: new Set(), order: [], next: 0 }
+        if (uids.seen.has(m.uid)) return // had it already, under the id it had before a failover
+        const oldest = uids.order[uids.next]
+        if (oldest !== undefined) uids.seen.delete(oldest)
+        uids.order[uids.next] = m.uid
+        uids.next = (uids.next + 1) % REMEMBERED_UIDS
+        uids.seen.add(m.uid)
       }
       return ch.h.onEvent(m as never)
     }
