@@ -15,7 +15,7 @@ import { fanoutPublisher, histogram, nowMs, record, serve, sleep } from './commo
 import { eventBody, FANOUT_PREFIX } from './systems.js'
 
 /** The systems of the channels scenario (bench/channels.ts CHANNEL_SYSTEMS). */
-type System = 'fanout' | 'fanout-cluster' | 'socketio' | 'socketio-sharded' | 'nchan'
+type System = 'fanout' | 'fanout-cluster' | 'floor' | 'socketio' | 'socketio-sharded' | 'nchan'
 const isSocketIo = (system: System): boolean => system === 'socketio' || system === 'socketio-sharded'
 
 // ---------------------------------------------------------------------------------------------
@@ -126,8 +126,8 @@ type Publish = (channel: string, body: ReturnType<typeof eventBody>) => Promise<
 
 async function publisherFor (system: System): Promise<Publish> {
   const redisUrl = process.env.REDIS_URL ?? ''
-  // The product's own publish path: the outbox, one Lua call per event, pipelined.
-  if (system === 'fanout' || system === 'fanout-cluster') return await fanoutPublisher(redisUrl, FANOUT_PREFIX)
+  // The product's own publish path: the outbox, one Lua call per event, pipelined (the floor's too).
+  if (system === 'fanout' || system === 'fanout-cluster' || system === 'floor') return await fanoutPublisher(redisUrl, FANOUT_PREFIX)
   if (system === 'nchan') {
     const base = process.env.BENCH_PUBLISH_URL as string
     const agent = new Agent({ keepAlive: true, maxSockets: 16 })

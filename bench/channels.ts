@@ -7,11 +7,15 @@
 // One system at a time, on fresh replicas; the harness (bench/run.ts) lends its process helpers.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
+import { createRequire } from 'node:module'
 import { Redis } from 'ioredis'
 import { histogram, merge, cpuSeconds, quantile, rssBytes, sleep, machineTicks, type Reply } from './common.js'
 import { nchanAvailable, nchanServer } from './nchan.js'
 import { monotonicUs, type Window } from './profile.js'
 import type { SystemName } from './systems.js'
+
+// As lib/redis/slot-pipelines.ts finds a key's slot (the package declares no types).
+const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key: string) => number
 
 export const CHANNEL_SCENARIOS = ['channels', 'cluster-spread'] as const
 export type ChannelScenario = typeof CHANNEL_SCENARIOS[number]
@@ -32,11 +36,12 @@ export const CHANNEL_USAGE = `
                            subscribers is the hottest for publishes too (deliveries explode)
 `
 
-export const CHANNEL_SYSTEMS = ['fanout', 'fanout-cluster', 'socketio', 'socketio-sharded', 'nchan'] as const
+export const CHANNEL_SYSTEMS = ['fanout', 'fanout-cluster', 'floor', 'socketio', 'socketio-sharded', 'nchan'] as const
 export type ChannelSystem = typeof CHANNEL_SYSTEMS[number]
 const LABELS: Record<ChannelSystem, string> = {
   fanout: 'fastify-fanout',
   'fanout-cluster': 'fastify-fanout, 3-primary Redis Cluster',
+  floor: 'floor (ws, a SUBSCRIBE per channel, frame once, one write per socket per turn)',
   socketio: 'Socket.IO rooms + redis-adapter',
   'socketio-sharded': 'Socket.IO rooms + sharded redis-adapter',
   nchan: 'Nchan (multi-channel subscriber)'
@@ -70,13 +75,20 @@ export interface ChannelsContext {
   startCluster: () => Promise<{ nodes: string, procs: ChildProcess[] }>
   /** fastify-fanout's replica command and environment, as the other scenarios run it. */
   fanoutReplica: (uploadDir: string) => { command: string, args: string[], env: Record<string, string> }
+  /** Node's flags for a baseline replica: `--cpu-prof` into the system's folder with --profile. */
+  profileArgs: (system: SystemName) => string[]
   dist: string
   root: string
   /** Tells the harness when a system's window was measured (its --profile summary counts those samples). */
   measured: (system: SystemName, window: Window) => void
 }
 
-export interface RedisNode { node: string, calls: number, cpuSec: number, keys: number }
+/**
+ * One Cluster primary over the window: script calls counted by Redis, and `placed`, the window's
+ * publishes whose channel's slot it owns (what the placement alone predicts, before the replicas'
+ * own scripts).
+ */
+export interface RedisNode { node: string, calls: number, cpuSec: number, keys: number, placed: number }
 
 export interface ChannelRow {
   system: ChannelSystem
@@ -137,6 +149,8 @@ export interface ChannelsResult {
   clientProcs: number
   topOnePercentSubscriptionShare: number
   topOnePercentPublishShare: number
+  /** The hottest channel's share of the publishes (of 100,000 drawn from the same law). */
+  hottestChannelPublishShare: number
   expectedPerPublish: number
   /** The hub's own heap per idle (client, channel) subscription (bench/subscription-memory.ts). */
   hubBytesPerSubscription: number
@@ -249,7 +263,9 @@ async function startReplicas (ctx: ChannelsContext, system: ChannelSystem, redis
       return { command: nginx, args: nchanConfig(ctx.tempDir('bench-nchan-'), port, ctx.redis.url, ctx.socketsPerProcess), env: {} }
     }
     if (system === 'fanout' || system === 'fanout-cluster') return ctx.fanoutReplica(ctx.tempDir('bench-uploads-'))
-    return { command: process.execPath, args: [join(ctx.dist, 'bench', 'servers', 'socketio-rooms.js')], env: system === 'socketio-sharded' ? { BENCH_SOCKETIO_SHARDED: '1' } : {} }
+    if (system === 'floor') return { command: process.execPath, args: [...ctx.profileArgs(system), join(ctx.dist, 'bench', 'servers', 'floor-channels.js')], env: {} }
+    const profile = system === 'socketio' ? ctx.profileArgs(system) : []
+    return { command: process.execPath, args: [...profile, join(ctx.dist, 'bench', 'servers', 'socketio-rooms.js')], env: system === 'socketio-sharded' ? { BENCH_SOCKETIO_SHARDED: '1' } : {} }
   }
   if (system === 'nchan') {
     const port = await ctx.freePort()
@@ -299,6 +315,18 @@ async function redisReading (nodes: Redis[]): Promise<Array<{ cpu: number, calls
     }, 0)
     return { cpu: infoField(cpu, 'used_cpu_sys') + infoField(cpu, 'used_cpu_user'), calls, keys }
   }))
+}
+
+/** Each primary's share of the window, and of the publishes its slots were given (`placed`). */
+async function primariesOver (nodes: Redis[], before: Array<{ cpu: number, calls: number }>, after: Array<{ cpu: number, calls: number, keys: number }>,
+  sequence: number[]): Promise<RedisNode[]> {
+  const owner = new Array<number>(16_384).fill(-1)
+  const ranges = await nodes[0].call('cluster', 'slots') as Array<[number, number, [string, number]]>
+  const ports = nodes.map((node) => node.options.port)
+  for (const [from, to, [, port]] of ranges) for (let slot = from; slot <= to; slot++) owner[slot] = ports.indexOf(port)
+  const placed = new Array<number>(nodes.length).fill(0)
+  for (const c of sequence) placed[owner[calculateSlot(channelName(c))]]++ // the keys' hash tag is `{<channel>}`
+  return after.map((r, i) => ({ node: String(ports[i] ?? i), calls: r.calls - before[i].calls, cpuSec: r.cpu - before[i].cpu, keys: r.keys, placed: placed[i] }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -419,16 +447,14 @@ async function runSystem (ctx: ChannelsContext, system: ChannelSystem, load: Loa
     const machineAfter = machineTicks()
     const redisAfter = await redisReading(redisNodes)
     const windowWall = (Date.now() - windowFrom) / 1000
-    if (system === 'fanout' || system === 'fanout-cluster' || system === 'nchan' || system === 'socketio') ctx.measured(system, [fromUs, monotonicUs()])
+    if (system !== 'socketio-sharded') ctx.measured(system, [fromUs, monotonicUs()])
     const stats = await Promise.all(workers.map((w) => w.call<{ received: number, lastAt: number, hist: number[], errors: string[] }>('stats')))
     const hist = histogram()
     for (const st of stats) merge(hist, st.hist)
     const rssEnd = rssOf(replicas.procs)
     const redisCpu = sum(redisAfter.map((r, i) => r.cpu - redisBefore[i].cpu))
     const replicaCpu = cpuAfter - cpuBefore
-    const nodes = system === 'fanout-cluster'
-      ? redisAfter.map((r, i) => ({ node: redisNodes[i].options.port?.toString() ?? String(i), calls: r.calls - redisBefore[i].calls, cpuSec: r.cpu - redisBefore[i].cpu, keys: r.keys }))
-      : undefined
+    const nodes = system === 'fanout-cluster' ? await primariesOver(redisNodes, redisBefore, redisAfter, sequence) : undefined
     return {
       system,
       clients: s.clients,
@@ -524,6 +550,7 @@ export async function runChannels (ctx: ChannelsContext, scenarios: ChannelScena
     clientProcs: Math.max(ctx.clientProcs, Math.ceil(clients / ctx.socketsPerProcess)),
     topOnePercentSubscriptionShare: sum(bySubs.slice(0, top)) / sum(subs),
     topOnePercentPublishShare: sum([...publishCounts].sort((a, b) => b - a).slice(0, top)) / 100_000,
+    hottestChannelPublishShare: Math.max(...publishCounts) / 100_000,
     expectedPerPublish: expectedSum / 100_000,
     hubBytesPerSubscription: await hubBytesPerSubscription(ctx.dist),
     rows: [],
@@ -535,6 +562,7 @@ export async function runChannels (ctx: ChannelsContext, scenarios: ChannelScena
   const systems: ChannelSystem[] = []
   if (scenarios.includes('channels')) {
     if (ctx.systems.includes('fanout')) systems.push('fanout')
+    if (ctx.systems.includes('floor')) systems.push('floor')
     if (ctx.systems.includes('socketio')) systems.push('socketio', 'socketio-sharded')
     if (ctx.systems.includes('nchan')) systems.push('nchan')
   }
@@ -620,6 +648,14 @@ export function channelsMarkdown (r: ChannelsResult): string {
     }
     lines.push('')
   }
+  const floor = r.rows.find((row) => row.system === 'floor')
+  const fanouts = r.rows.filter((row) => row.system === 'fanout' || row.system === 'fanout-cluster')
+  if (floor && fanouts.length > 0) {
+    lines.push('The floor writes each event to each subscriber\'s socket and does nothing else, on the same Redis, publisher and load ' +
+      'clients: no server that writes every delivery to its socket spends less CPU per delivery. Replica CPU per delivery ÷ the floor\'s: ' +
+      fanouts.map((row) => `${LABELS[row.system]} ${fixed(row.cpuSecPer1000 / floor.cpuSecPer1000, 2)}`).join(', ') +
+      (base ? `; the floor ÷ Socket.IO rooms + redis-adapter: ${fixed(floor.cpuSecPer1000 / base.cpuSecPer1000, 2)}.` : '.'), '')
+  }
 
   const cluster = r.rows.find((row) => row.system === 'fanout-cluster')
   const single = r.rows.find((row) => row.system === 'fanout')
@@ -630,10 +666,18 @@ export function channelsMarkdown (r: ChannelsResult): string {
       'The publisher pipelines as on one Redis, a pipeline per primary (lib/redis/slot-pipelines.ts).', '',
       'Publishes per primary: `cmdstat_evalsha` (+ `eval`, `fcall`) calls over the window (the publish script, plus the replicas\' ' +
       'own scripts: resume and canary); keys per primary at the end of the window.', '',
-      '| primary (port) | script calls | share | Redis CPU s | keys |', '|---|---:|---:|---:|---:|')
+      '| primary (port) | script calls | share | publishes its slots were given | share | Redis CPU s | keys |', '|---|---:|---:|---:|---:|---:|---:|')
+    const placedTotal = sum(cluster.nodes.map((n) => n.placed))
     for (const node of cluster.nodes) {
-      lines.push(`| ${node.node} | ${thousands(node.calls)} | ${fixed((node.calls / total) * 100, 1)}% | ${fixed(node.cpuSec, 3)} | ${thousands(node.keys)} |`)
+      lines.push(`| ${node.node} | ${thousands(node.calls)} | ${fixed((node.calls / total) * 100, 1)}% | ${thousands(node.placed)} | ` +
+        `${fixed((node.placed / placedTotal) * 100, 1)}% | ${fixed(node.cpuSec, 3)} | ${thousands(node.keys)} |`)
     }
+    const keys = cluster.nodes.map((n) => n.keys)
+    lines.push('', `Keys per primary, max/min: ${fixed(Math.max(...keys) / Math.min(...keys), 3)} (what publishes spread evenly over the channels would give). ` +
+      `The hottest channel takes ${fixed(r.hottestChannelPublishShare * 100, 1)}% of the publishes, all of them on one primary: a channel's ` +
+      'events are ordered in one stream, in one slot. Hashing names, blind to the load, gives that primary on average the hottest channel ' +
+      `plus an equal share of the rest (${fixed((r.hottestChannelPublishShare + (1 - r.hottestChannelPublishShare) / cluster.nodes.length) * 100, 1)}%); ` +
+      'only a placement that knew each channel\'s rate in advance could do better.')
     const against = single
       ? `, against ${fixed(single.redisCpuUsPerPublish, 1)} µs (net ${fixed(single.redisNetUsPerPublish, 1)}) on one Redis ` +
         `(${fixed(cluster.redisCpuUsPerPublish / single.redisCpuUsPerPublish, 2)}×, net ${fixed(cluster.redisNetUsPerPublish / single.redisNetUsPerPublish, 2)}×); ` +

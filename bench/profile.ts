@@ -35,7 +35,7 @@ const CATEGORIES: Array<[string, RegExp]> = [
   ['framing (ws Sender, Buffer.concat)', /ws\/lib\/sender|^(concat|allocUnsafe|allocate|from|byteLength) node:buffer/],
   ['ioredis, redis-parser (reading pub/sub)', /ioredis|redis-parser|standard-as-callback|cluster-key-slot|denque/],
   ['hub broadcast loop (lib/hub.js)', /dist\/lib\/hub\.js/],
-  ['broker (lib/redis-broker.js, lib/event.js)', /dist\/lib\/(redis-broker|event)\.js/],
+  ['broker: receiving, ordering, dedupe (lib/redis/, lib/event.js)', /dist\/lib\/(redis\/|event\.js)/],
   ['the baseline server\'s own loop (bench/servers)', /dist\/bench\/servers/],
   ['Socket.IO, engine.io', /socket\.io|engine\.io/],
   ['ws (other than framing)', /ws\/lib/],

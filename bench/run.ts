@@ -317,12 +317,16 @@ async function startCluster (): Promise<{ nodes: string, procs: ChildProcess[] }
   return { nodes: nodes.join(','), procs }
 }
 
+function profileArgs (system: SystemName): string[] {
+  return profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, system)}`] : []
+}
+
 function replicaCommand (system: SystemName, uploadDir: string, port: number, redisUrl: string): { command: string, args: string[], env: Record<string, string> } {
   if (system === 'nchan') {
     const { nginx } = nchanAvailable() as { nginx: string }
     return { command: nginx, args: nchanConfig(tempDir('bench-nchan-'), port, redisUrl, SOCKETS_PER_PROCESS), env: {} }
   }
-  const profile = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, system)}`] : []
+  const profile = profileArgs(system)
   if (isFanout(system)) {
     return {
       command: process.execPath,
@@ -770,6 +774,7 @@ if (channelScenarios.length > 0) {
       socketsPerProcess: SOCKETS_PER_PROCESS,
       fork: (file, name, env) => Worker.fork(file, name, env),
       fanoutReplica: (uploadDir) => replicaCommand('fanout', uploadDir, 0, ''),
+      profileArgs,
       dist: DIST,
       root: ROOT,
       measured: (system, window) => measuredWindows.get(system)?.push(window)
