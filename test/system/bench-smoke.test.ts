@@ -1,12 +1,12 @@
 // The benchmark harness at a tiny scale: every system starts, every client gets every event, and
 // the report comes out with sane numbers. Speed itself is not asserted here (that is `npm run bench`).
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync } from 'node:fs'
-import { createRequire } from 'node:module'
-import { dirname, join } from 'node:path'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import t from 'tap'
 import type { Results } from '../../bench/report.js'
 import { LABELS, SYSTEMS } from '../../bench/systems.js'
-import { ROOT, run, tempDir } from '../support/helper.js'
+import { buildBench } from '../support/bench.js'
+import { run, tempDir } from '../support/helper.js'
 
 const CLIENTS = 20
 const EVENTS = 50
@@ -18,19 +18,7 @@ const RATE = 100
 const BENCH_DEADLINE_MS = 420_000
 
 t.test('npm run bench at a tiny scale measures every system this machine can run', { timeout: BENCH_DEADLINE_MS + 120_000 }, async (t) => {
-  // `npm test` builds the product; the bench has its own build (tsconfig.bench.json).
-  const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
-  const aside = tempDir(t, 'bench-build-')
-  const build = run(t, process.execPath, [tsc, '-p', 'tsconfig.bench.json', '--outDir', aside])
-  t.equal((await build.exited).code, 0, `the bench compiles: ${build.output()}`)
-  for (const file of readdirSync(join(aside, 'bench'), { recursive: true, encoding: 'utf8' })) {
-    const from = join(aside, 'bench', file)
-    const to = join(ROOT, 'dist', 'bench', file)
-    if (!statSync(from).isFile()) continue
-    mkdirSync(dirname(to), { recursive: true })
-    copyFileSync(from, `${to}.${process.pid}`)
-    renameSync(`${to}.${process.pid}`, to) // whole or not at all, should anything read it meanwhile
-  }
+  await buildBench(t)
 
   const out = tempDir(t, 'bench-smoke-')
   const bench = run(t, process.execPath, [
