@@ -1,7 +1,8 @@
 // The machinery of the compose tests (test/system/compose.test.ts, compose-ha.test.ts): commands run
 // to their end, whether an engine and compose are here, the base and app images built, a project
 // of its own brought up from a compose file and removed at teardown, whatever happens.
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ROOT, waitFor } from './helper.js'
 
@@ -35,6 +36,33 @@ export async function answers (cmd: string, args: string[]): Promise<boolean> {
   return sh(cmd, args, { timeoutMs: 20_000 }).then(() => true, () => false)
 }
 
+/**
+ * Holds this machine's Docker engine for the rest of the test process: `shared` for compose
+ * projects (several run side by side), `exclusive` for a swarm (`docker swarm init` and `leave`
+ * break the networks of compose projects, and two swarms cannot share one engine). Waits for the
+ * holders of the other kind to finish first. So test/system and test/swarm can run in one `tap`
+ * invocation, beside each other's other files, never beside each other's Docker topologies.
+ * The lock is flock(1)'s, held by a child that ends when this process does, however it ends.
+ */
+export async function holdEngine (t: Tap, mode: 'shared' | 'exclusive'): Promise<void> {
+  const started = Date.now()
+  const holder = spawn('flock', [`--${mode}`, ENGINE_LOCK, '-c', 'echo held; exec cat'], { stdio: ['pipe', 'pipe', 'inherit'] })
+  await new Promise<void>((resolve, reject) => {
+    holder.stdout.once('data', () => resolve())
+    holder.once('error', (err) => reject(new Error(`flock ${ENGINE_LOCK}: ${err.message}`)))
+    holder.once('exit', (code) => reject(new Error(`flock ${ENGINE_LOCK} exited with ${code} before it held the lock`)))
+  })
+  const waited = Date.now() - started
+  if (waited > 1000) t.comment(`waited ${waited} ms for the Docker engine (${mode}): another test's ${mode === 'shared' ? 'swarm' : 'compose projects or swarm'} held it`)
+  t.teardown(async () => {
+    const exited = new Promise((resolve) => holder.once('exit', resolve))
+    holder.stdin.end()
+    await exited
+  })
+}
+
+const ENGINE_LOCK = join(tmpdir(), 'fastify-fanout-docker-engine.lock')
+
 /** Why a compose topology cannot run here, or undefined when it can. */
 export async function unavailable (): Promise<string | undefined> {
   if (!await answers('docker', ['info'])) return 'no Docker engine answers `docker info` (.ci/run starts dockerd)'
@@ -51,11 +79,13 @@ export async function buildImages (t: Tap, image: string): Promise<void> {
   const bases = await sh(join(ROOT, 'deploy/standin/build-bases.sh'), [], { timeoutMs: 15 * 60_000 })
   t.comment(`base images: ${bases.stdout.trim()} (${bases.ms} ms)`)
   // The legacy builder on the host's network: only it reaches npm's registry from a build here.
-  const built = await sh('docker', ['build', '--network', 'host', '-t', image, '.'], {
+  // One build at a time (flock on the Dockerfile): two test files building at once would each run
+  // every step (npm ci included); one after the other, the second finds every layer cached.
+  const built = await sh('flock', [join(ROOT, 'Dockerfile'), 'docker', 'build', '--network', 'host', '-t', image, '.'], {
     env: { ...process.env, DOCKER_BUILDKIT: '0' },
     timeoutMs: 15 * 60_000
   })
-  t.comment(`docker build of the app image: ${built.ms} ms`)
+  t.comment(`docker build of the app image: ${built.ms} ms (a wait for another test's build included)`)
 }
 
 export interface Project {

@@ -14,7 +14,7 @@
 import t from 'tap'
 import { compareIds } from '../../lib/event.js'
 import { untold } from '../support/audit.js'
-import { buildImages, sh } from '../support/compose.js'
+import { buildImages, holdEngine, sh } from '../support/compose.js'
 import { freePort, httpStatus } from '../support/helper.js'
 import { LibraryFollower, poll, swarmStack, testStackEnv, swarmUnavailable, type Stack } from '../support/swarm.js'
 
@@ -32,6 +32,8 @@ const LIVE_AGAIN_MS = 30_000
 const strictlyIncreasing = (ids: string[]): boolean => ids.every((id, i) => i === 0 || compareIds(ids[i - 1], id) < 0)
 const streamIds = (stdout: string): string[] => stdout.split('\n').map((l) => l.trim()).filter((l) => /^\d+-\d+$/.test(l))
 
+// The engine to this file alone until its swarm is gone: no compose project, no other swarm beside it.
+await holdEngine(t, 'exclusive')
 const reason = await swarmUnavailable()
 if (reason) console.error(`# swarm Sentinel test SKIPPED: ${reason}`)
 

@@ -17,7 +17,7 @@ import t, { type Test } from 'tap'
 import { WebSocket } from 'ws'
 import { compareIds } from '../../lib/event.js'
 import { receivedOf, untold, type Received as Order } from '../support/audit.js'
-import { buildImages, sh } from '../support/compose.js'
+import { buildImages, holdEngine, sh } from '../support/compose.js'
 import { freePort, httpStatus } from '../support/helper.js'
 import { LibraryFollower, poll, swarmStack, testStackEnv, swarmUnavailable, type Stack } from '../support/swarm.js'
 
@@ -110,6 +110,8 @@ const failures = new Map<string, number>()
 
 const strictlyIncreasing = (ids: string[]): boolean => ids.every((id, i) => i === 0 || compareIds(ids[i - 1], id) < 0)
 
+// The engine to this file alone until its swarm is gone: no compose project, no other swarm beside it.
+await holdEngine(t, 'exclusive')
 const reason = await swarmUnavailable()
 if (reason) console.error(`# swarm test SKIPPED: ${reason}`)
 

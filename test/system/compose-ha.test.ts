@@ -5,7 +5,7 @@
 import t from 'tap'
 import { WebSocket } from 'ws'
 import { compareIds } from '../../lib/event.js'
-import { buildImages, composeProject, sh, unavailable } from '../support/compose.js'
+import { buildImages, composeProject, holdEngine, sh, unavailable } from '../support/compose.js'
 import { receivedOf, untold, type Received as Order } from '../support/audit.js'
 import { freePort, httpStatus, waitFor } from '../support/helper.js'
 
@@ -78,6 +78,8 @@ const strictlyIncreasing = (ids: string[]): boolean => ids.every((id, i) => i ==
 
 const reason = await unavailable()
 if (reason) console.error(`# compose HA test SKIPPED: ${reason}`)
+// Beside other compose projects, never beside a swarm (test/swarm).
+else await holdEngine(t, 'shared')
 
 t.test('the HA compose topology in containers', { skip: reason ?? false }, async (t) => {
   const lbPort = await freePort()
