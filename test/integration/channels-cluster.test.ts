@@ -157,9 +157,9 @@ t.test('a primary killed mid-conversation: every subscriber of 200 channels gets
   t.equal(streams.reduce((a, b) => a + b, 0), [...expected.values()].filter((ids) => ids.length > 0).length, 'one stream per channel published on')
 })
 
-// Fails now (product bug): the outbox sends its queue as one ioredis pipeline, which ioredis refuses
-// on a Cluster when its keys live on different primaries ("All keys in the pipeline should belong to
-// the same slots allocation group"); the events are retried forever and never confirmed.
+// ioredis refuses one pipeline whose keys live on different primaries ("All keys in the pipeline
+// should belong to the same slots allocation group"): the outbox sends a pipeline per primary
+// (lib/redis/slot-pipelines.ts), or these publishes would be retried forever, never confirmed.
 t.test('concurrent publishes on channels of different primaries are all confirmed', async (t) => {
   const cluster = await startCluster(t, { primaries: 3, replicasPerPrimary: 0 })
   const A = await build(t, { redisClusterNodes: cluster.nodes.map((n) => `${n.host}:${n.port}`).join(',') })
