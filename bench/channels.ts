@@ -652,7 +652,7 @@ export function channelsMarkdown (r: ChannelsResult): string {
   const fanouts = r.rows.filter((row) => row.system === 'fanout' || row.system === 'fanout-cluster')
   if (floor && fanouts.length > 0) {
     lines.push('The floor writes each event to each subscriber\'s socket and does nothing else, on the same Redis, publisher and load ' +
-      'clients: no server that writes every delivery to its socket spends less CPU per delivery. Replica CPU per delivery ÷ the floor\'s: ' +
+      'clients: what one write per delivery costs on this machine, with nothing else done. Replica CPU per delivery ÷ the floor\'s: ' +
       fanouts.map((row) => `${LABELS[row.system]} ${fixed(row.cpuSecPer1000 / floor.cpuSecPer1000, 2)}`).join(', ') +
       (base ? `; the floor ÷ Socket.IO rooms + redis-adapter: ${fixed(floor.cpuSecPer1000 / base.cpuSecPer1000, 2)}.` : '.'), '')
   }

@@ -4,8 +4,8 @@
 // to the channel's live pub/sub channel, where fastify-fanout's publish script publishes
 // `<seq> <event JSON>` (lib/redis/stream.ts), and `subscribed` answers once Redis has it. Each
 // message is framed once; the frames of one event-loop turn leave in one write per socket.
-// The same Redis, publisher and load clients as fastify-fanout's row: the CPU per delivery any
-// implementation that writes each event to each subscriber's socket must spend.
+// The same Redis, publisher and load clients as fastify-fanout's row: what one write per delivery
+// costs, with nothing else done.
 import { createServer } from 'node:http'
 import type { Socket } from 'node:net'
 import { Redis } from 'ioredis'
